@@ -1,0 +1,400 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""External disk-only snapshots of a VM's file disks (the kvm_snapshot module).
+
+A backup point is an overlay per disk, named ``<base>.vmbackup-<ID>.qcow2``.
+Creating it freezes the image below it (the "frozen" image that the backup
+reads). Between backups exactly one overlay of ours is kept: it holds the
+clusters written since its backup, so the next backup's delta is that file.
+
+States:
+- ``present``: overlays for snapshot ID exist and are the VM's active images.
+- ``kept``: the chain is ``base <- overlay(ID)``; older overlays of ours merged down.
+- ``absent``: overlay ID is merged into the image below it (undo of ``present``).
+- ``merged``: every overlay of ours is merged; the VM runs on its original files.
+
+Running VMs use ``virsh snapshot-create-as --disk-only --atomic --no-metadata``
+and ``virsh blockcommit``; shut-off VMs use ``qemu-img create``/``commit``/``rebase``
+and ``virsh define`` of the changed source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
+    CommandError,
+    CommandRunner,
+    VmbackupError,
+)
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import backing_path, image_chain
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
+
+OVERLAY_RE = re.compile(r"\.vmbackup-(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)\.qcow2$")
+SNAPSHOT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    snapshot=dict(type="str"),
+    state=dict(type="str", default="present", choices=["present", "kept", "absent", "merged"]),
+    disks=dict(type="list", elements="str"),
+    quiesce=dict(type="str", default="off", choices=["required", "preferred", "off"]),
+    overlay_dir=dict(type="path"),
+    commit_timeout=dict(type="int", default=3600),
+    **URI_ARGSPEC
+)
+
+BLOCKCOMMIT_HINT = (
+    "The hypervisor's libvirt/QEMU could not run blockcommit. Some builds (for example "
+    "CentOS 7's base qemu-kvm) lack live block commit: install the full QEMU "
+    "(qemu-kvm-ev or a current qemu-kvm) or back this VM up while it is shut off. The VM "
+    "keeps running on the overlay; run the vmbackup.libvirt.cleanup playbook once fixed."
+)
+
+
+def overlay_id(path):
+    m = OVERLAY_RE.search(os.path.basename(path or ""))
+    return m.group("id") if m else None
+
+
+def overlay_path_for(base, snapshot, overlay_dir=None):
+    directory = overlay_dir or os.path.dirname(base)
+    stem = os.path.basename(base)
+    for ext in (".qcow2", ".img", ".raw"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return os.path.join(directory, "%s.vmbackup-%s.qcow2" % (stem, snapshot))
+
+
+class DiskChain:
+    """A file disk's chain split into our overlays (top first) and the base below them."""
+
+    def __init__(self, target, chain):
+        self.target = target
+        self.images = chain  # qemu-img info entries, top first
+        self.ours = []
+        self.base = None
+        for info in chain:
+            if self.base is None and info.get("format") == "qcow2" and overlay_id(info["filename"]) and backing_path(info):
+                self.ours.append(info)
+                continue
+            self.base = info
+            break
+        if self.base is None:  # cannot happen: an overlay of ours always has a backing file
+            raise VmbackupError("disk %s: no base image found below %s" % (target, chain[-1]["filename"]))
+
+    @property
+    def active(self):
+        return self.images[0]
+
+    def describe(self):
+        return {
+            "target": self.target,
+            "active": self.active["filename"],
+            "base": self.base["filename"],
+            "base_format": self.base.get("format"),
+            "overlays": [i["filename"] for i in self.ours],
+            "chain": [{"filename": i["filename"], "format": i.get("format")} for i in self.images],
+        }
+
+
+class KvmSnapshot:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.runner = CommandRunner(module)
+        self.virsh = Virsh(self.runner, self.params["uri"])
+        self.name = self.params["name"]
+        self.changed = False
+        self.actions = []
+        self.warnings = []
+
+    # --- discovery -----------------------------------------------------------------
+    def load(self):
+        self.virsh.require(self.name)
+        self.running = self.virsh.state(self.name) in ("running", "paused", "in shutdown", "pmsuspended")
+        self.domain = Domain(self.virsh.dumpxml(self.name))
+        wanted = self.params["disks"]
+        self.disks = []
+        self.excluded = []
+        for disk in self.domain.disks:
+            if wanted is not None and disk.target not in wanted:
+                reason = "not selected"
+            elif disk.backend == "file":
+                reason = None
+            elif disk.supported:
+                reason = "%s disk: snapshot by its own backend (lvm_snapshot, rbd_export)" % disk.backend
+            else:
+                reason = disk.skip_reason
+            if reason:
+                self.excluded.append({"target": disk.target, "reason": reason})
+            else:
+                self.disks.append(disk)
+        if wanted:
+            missing = set(wanted) - set(d.target for d in self.domain.disks)
+            if missing:
+                raise VmbackupError("VM %s on host %s has no disk %s (it has %s)" % (
+                    self.name, self.runner.host, ", ".join(sorted(missing)),
+                    ", ".join(d.target for d in self.domain.disks)))
+        if self.virsh.is_xen and self.running and self.params["state"] == "present" and self.disks:
+            raise VmbackupError(
+                "VM %s on host %s is a running Xen guest: libvirt's Xen driver offers no disk-only "
+                "snapshots, so its file disks (%s) cannot be frozen while it runs. Put its disks on "
+                "LVM or Ceph RBD (storage-level snapshots), or back it up shut off."
+                % (self.name, self.runner.host, ", ".join(d.target for d in self.disks))
+            )
+        self.chains = {}
+        for disk in self.disks:
+            self.chains[disk.target] = DiskChain(disk.target, image_chain(self.runner, disk.source, disk.format))
+
+    def note(self, action):
+        self.changed = True
+        self.actions.append(action)
+
+    # --- present --------------------------------------------------------------------
+    def present(self, snapshot):
+        todo = {}
+        for disk in self.disks:
+            chain = self.chains[disk.target]
+            if overlay_id(chain.active["filename"]) == snapshot:
+                continue
+            overlay = overlay_path_for(chain.base["filename"], snapshot, self.params["overlay_dir"])
+            if os.path.exists(overlay):
+                raise VmbackupError(
+                    "overlay %s for disk %s of VM %s on host %s already exists but the VM does not "
+                    "use it: a run that died left it. Nothing was changed. Run the "
+                    "vmbackup.libvirt.cleanup playbook, or delete the file if nothing uses it."
+                    % (overlay, disk.target, self.name, self.runner.host)
+                )
+            todo[disk.target] = overlay
+        if not todo:
+            return
+        if len(todo) != len(self.disks) and self.running:
+            # Some disks are frozen at ID and some not: a dead run. Freezing the rest now
+            # would not be one instant; refuse rather than make an inconsistent backup.
+            raise VmbackupError(
+                "VM %s on host %s: only some disks run on overlays of snapshot %s; a backup "
+                "point must cover all disks at one instant. Run the vmbackup.libvirt.cleanup "
+                "playbook (or kvm_snapshot state=absent) and retry." % (self.name, self.runner.host, snapshot))
+        self.note("create overlays %s" % ", ".join(sorted(todo.values())))
+        if self.module.check_mode:
+            return
+        if self.running:
+            self._snapshot_running(snapshot, todo)
+        else:
+            self._snapshot_offline(todo)
+
+    def _snapshot_running(self, snapshot, todo):
+        base = ["snapshot-create-as", self.name, "--name", "vmbackup-%s" % snapshot,
+                "--disk-only", "--atomic", "--no-metadata"]
+        for disk in self.domain.disks:
+            if disk.target in todo:
+                spec = "%s,snapshot=external,driver=qcow2,file=%s" % (disk.target, todo[disk.target].replace(",", ",,"))
+            else:
+                spec = "%s,snapshot=no" % disk.target
+            base += ["--diskspec", spec]
+        policy = self.params["quiesce"]
+        if policy == "off":
+            self._create(base)
+            return
+        try:
+            self._create(base + ["--quiesce"])
+        except CommandError as exc:
+            if policy == "required":
+                raise VmbackupError(
+                    "quiesced snapshot of VM %s on host %s failed (quiesce=required): %s. Make the "
+                    "guest agent answer (qemu-guest-agent running, org.qemu.guest_agent.0 channel), "
+                    "or set quiesce to preferred or off." % (self.name, self.runner.host, (exc.stderr or "").strip()),
+                    cmd=exc.argv, rc=exc.rc, stderr=exc.stderr)
+            self.warnings.append(
+                "VM %s: quiesced snapshot failed (%s); took a crash-consistent one instead (quiesce=preferred)"
+                % (self.name, (exc.stderr or "").strip()))
+            self._create(base)
+
+    def _create(self, argv):
+        try:
+            self.virsh.run(argv, what="creating the snapshot of VM %s" % self.name)
+        except CommandError:
+            # --atomic promises all or nothing; check anyway, as the seed advises.
+            self._verify_untouched()
+            raise
+
+    def _verify_untouched(self):
+        domain = Domain(self.virsh.dumpxml(self.name))
+        for disk in domain.disks:
+            if disk.target in self.chains and disk.source != self.chains[disk.target].active["filename"]:
+                self.warnings.append("disk %s of VM %s changed source to %s after a failed snapshot"
+                                     % (disk.target, self.name, disk.source))
+
+    def _snapshot_offline(self, todo):
+        created = []
+        try:
+            for disk in self.disks:
+                if disk.target not in todo:
+                    continue
+                chain = self.chains[disk.target]
+                self.runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", chain.active["filename"],
+                                 "-F", chain.active["format"], todo[disk.target]],
+                                what="creating overlay for disk %s of VM %s" % (disk.target, self.name))
+                created.append(todo[disk.target])
+            self._redefine({t: (p, "qcow2") for t, p in todo.items()})
+        except Exception:
+            for path in created:
+                _remove(path)
+            raise
+
+    def _redefine(self, sources):
+        """Point a shut-off VM's disks at other files: {target: (path, format)}."""
+        domain = Domain(self.virsh.dumpxml(self.name, inactive=True, security_info=True))
+        for target, (path, fmt) in sources.items():
+            domain.disk(target).set_file_source(path, fmt)
+        fd, tmp = tempfile.mkstemp(prefix="vmbackup-", suffix=".xml")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(domain.to_xml())
+            self.virsh.run(["define", tmp], what="redefining VM %s with new disk sources" % self.name)
+        finally:
+            os.unlink(tmp)
+
+    # --- merging ---------------------------------------------------------------------
+    def _commit_running(self, target, top, base, active):
+        argv = ["blockcommit", self.name, target, "--wait", "--verbose",
+                "--timeout", str(self.params["commit_timeout"])]
+        if active:
+            argv += ["--active", "--pivot"]
+        else:
+            argv += ["--top", top]
+        argv += ["--base", base]
+        try:
+            self.virsh.run(argv, what="merging %s into %s (disk %s of VM %s)" % (top, base, target, self.name),
+                           hint=BLOCKCOMMIT_HINT)
+        except CommandError as exc:
+            # A job that timed out or failed must not stay behind half done.
+            self.virsh.run(["blockjob", self.name, target, "--abort"], check_rc=False)
+            raise exc
+
+    def _merge(self, target, merge_from, into):
+        """Merge the images from ``merge_from`` (inclusive, top first) down into ``into``."""
+        chain = self.chains[target]
+        names = [i["filename"] for i in chain.images]
+        top = names.index(merge_from)
+        base = names.index(into)
+        if top >= base:
+            return
+        doomed = names[top:base]
+        active = top == 0
+        self.note("merge %s into %s" % (", ".join(doomed), into))
+        if self.module.check_mode:
+            return
+        if self.running:
+            self._commit_running(target, merge_from, into, active)
+        else:
+            if active:
+                self.runner.run(["qemu-img", "commit", "-q", "-d", "-b", into, merge_from],
+                                what="committing %s into %s" % (merge_from, into))
+                self._redefine({target: (into, chain.images[base]["format"])})
+            else:
+                self.runner.run(["qemu-img", "commit", "-q", "-d", "-b", into, merge_from],
+                                what="committing %s into %s" % (merge_from, into))
+                # The image above the merged ones now reads the same through ``into``.
+                above = chain.images[top - 1]["filename"]
+                self.runner.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", into, "-F",
+                                 chain.images[base]["format"], above],
+                                what="pointing %s at %s" % (above, into))
+        for path in doomed:
+            _remove(path)
+
+    def kept(self, snapshot):
+        for disk in self.disks:
+            chain = self.chains[disk.target]
+            if overlay_id(chain.active["filename"]) != snapshot:
+                raise VmbackupError(
+                    "disk %s of VM %s on host %s does not run on an overlay of snapshot %s (it runs on %s); "
+                    "create it first with state=present" % (disk.target, self.name, self.runner.host, snapshot,
+                                                            chain.active["filename"]))
+            if len(chain.ours) > 1:
+                self._merge(disk.target, chain.ours[1]["filename"], chain.base["filename"])
+
+    def absent(self, snapshot):
+        for disk in self.disks:
+            chain = self.chains[disk.target]
+            for idx, info in enumerate(chain.ours):
+                if overlay_id(info["filename"]) == snapshot:
+                    below = chain.images[idx + 1]["filename"]
+                    self._merge(disk.target, info["filename"], below)
+                    break
+
+    def merged(self):
+        for disk in self.disks:
+            chain = self.chains[disk.target]
+            if chain.ours:
+                self._merge(disk.target, chain.ours[0]["filename"], chain.base["filename"])
+
+    # --- result ----------------------------------------------------------------------
+    def result(self, before):
+        if self.changed and not self.module.check_mode:
+            self.load()
+        disks = []
+        for disk in self.disks:
+            chain = self.chains[disk.target]
+            info = chain.describe()
+            # What a backup at this point reads: the image right below the active overlay.
+            frozen = chain.images[1] if len(chain.ours) and len(chain.images) > 1 else None
+            info["frozen"] = frozen["filename"] if frozen else None
+            info["frozen_format"] = frozen.get("format") if frozen else None
+            info["frozen_is_overlay"] = bool(frozen and frozen in chain.ours)
+            info["parent_snapshot"] = overlay_id(frozen["filename"]) if info["frozen_is_overlay"] else None
+            info["virtual_size"] = chain.active.get("virtual-size")
+            disks.append(info)
+        out = {
+            "changed": self.changed,
+            "running": self.running,
+            "actions": self.actions,
+            "disks": disks,
+            "excluded": self.excluded,
+        }
+        if self.warnings:
+            out["warnings"] = self.warnings
+        if self.module._diff:
+            out["diff"] = {"before": before, "after": "\n".join(
+                "%s: %s" % (d["target"], " <- ".join(c["filename"] for c in reversed(d["chain"]))) for d in disks) + "\n"}
+        return out
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _chains_text(snap):
+    return "\n".join(
+        "%s: %s" % (t, " <- ".join(i["filename"] for i in reversed(c.images))) for t, c in sorted(snap.chains.items())
+    ) + "\n"
+
+
+def run(module):
+    state = module.params["state"]
+    snapshot = module.params["snapshot"]
+    if state != "merged" and not snapshot:
+        module.fail_json(msg="snapshot (the backup point's ID) is required with state=%s" % state)
+    if snapshot and not SNAPSHOT_ID_RE.match(snapshot):
+        module.fail_json(msg="snapshot %r may contain only letters, digits, '.', '_' and '-'" % snapshot)
+    snap = KvmSnapshot(module)
+    snap.load()
+    before = _chains_text(snap)
+    if state == "present":
+        snap.present(snapshot)
+    elif state == "kept":
+        snap.kept(snapshot)
+    elif state == "absent":
+        snap.absent(snapshot)
+    else:
+        snap.merged()
+    return snap.result(before)

@@ -1,0 +1,69 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The logic of the vm_info module."""
+
+from __future__ import annotations
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import image_chain
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str"),
+    agent_timeout=dict(type="int", default=5),
+    **URI_ARGSPEC
+)
+
+
+def describe_vm(virsh, name, agent_timeout=5):
+    """Everything vm_info reports about one VM (also used by the other modules)."""
+    virsh.require(name)
+    info = virsh.dominfo(name)
+    state = virsh.state(name)
+    running = state in ("running", "paused", "in shutdown", "pmsuspended")
+    domain = Domain(virsh.dumpxml(name))
+    disks = []
+    for disk in domain.disks:
+        entry = disk.as_dict()
+        entry["virtual_size"] = None
+        entry["allocated_size"] = None
+        entry["chain"] = []
+        if disk.supported and (running or disk.backend == "file"):
+            try:
+                blk = virsh.domblkinfo(name, disk.target)
+                entry["virtual_size"] = blk.get("capacity")
+                entry["allocated_size"] = blk.get("allocation")
+            except VmbackupError:
+                pass  # libvirt cannot size some inactive disks; not an error for a report
+        if disk.backend == "file":
+            chain = image_chain(virsh.runner, disk.source, disk.format)
+            entry["chain"] = [{"filename": c.get("filename"), "format": c.get("format")} for c in chain]
+            if entry["virtual_size"] is None:
+                entry["virtual_size"] = chain[0].get("virtual-size")
+        disks.append(entry)
+    agent = None
+    if running and agent_timeout > 0:
+        agent = virsh.agent_ping(name, timeout=agent_timeout)
+    return {
+        "name": name,
+        "uuid": domain.uuid,
+        "state": state,
+        "running": running,
+        "persistent": info.get("persistent") == "yes",
+        "autostart": info.get("autostart") in ("enable", "yes"),
+        "agent": agent,
+        "hypervisor": domain.hypervisor_type,
+        "nvram": domain.nvram,
+        "disks": disks,
+        "unsupported_disks": [d["target"] for d in disks if not d["supported"]],
+    }
+
+
+def gather(module):
+    runner = CommandRunner(module)
+    virsh = Virsh(runner, module.params["uri"])
+    names = [module.params["name"]] if module.params["name"] else virsh.list_names()
+    vms = [describe_vm(virsh, n, module.params["agent_timeout"]) for n in names]
+    return {"changed": False, "vms": vms}

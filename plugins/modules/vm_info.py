@@ -1,0 +1,159 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_info
+short_description: Facts about libvirt VMs that a backup needs
+version_added: 0.1.0
+description:
+  - Reports one VM or all VMs of a libvirt hypervisor: state, persistence,
+    autostart, guest agent, and every disk with its backend (C(file), C(block),
+    C(rbd), or C(other) with the reason it would be skipped), format, source,
+    virtual and allocated size, and for file disks the backing chain.
+  - Runs on the hypervisor.
+author:
+  - vmbackup.libvirt maintainers
+extends_documentation_fragment:
+  - vmbackup.libvirt.attributes
+  - vmbackup.libvirt.attributes.INFO_MODULE
+  - vmbackup.libvirt.libvirt
+options:
+  name:
+    description:
+      - The VM (libvirt domain name). Omit to report every VM on the hypervisor.
+    type: str
+  agent_timeout:
+    description:
+      - Seconds to wait for the guest agent to answer C(guest-ping) in a running VM.
+      - V(0) skips the check.
+    type: int
+    default: 5
+requirements:
+  - python lxml on the hypervisor.
+  - qemu-img on the hypervisor for the backing chain of file disks.
+"""
+
+EXAMPLES = r"""
+- name: Facts about one VM
+  vmbackup.libvirt.vm_info:
+    name: web1
+  register: web1_info
+
+- name: Every VM on a Xen host
+  vmbackup.libvirt.vm_info:
+    uri: xen:///system
+  register: xen_vms
+
+- name: Names of the VMs whose disks are all supported
+  ansible.builtin.debug:
+    msg: "{{ xen_vms.vms | selectattr('unsupported_disks', 'equalto', []) | map(attribute='name') | list }}"
+"""
+
+RETURN = r"""
+vms:
+  description: One entry per VM.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Domain name.
+      type: str
+      sample: web1
+    uuid:
+      description: Domain UUID.
+      type: str
+    state:
+      description: Domain state as virsh reports it.
+      type: str
+      sample: running
+    running:
+      description: Whether the domain is running (or paused).
+      type: bool
+    persistent:
+      description: Whether the domain is defined (not transient).
+      type: bool
+    autostart:
+      description: Whether the domain starts with the host.
+      type: bool
+    agent:
+      description: Whether the guest agent answered C(guest-ping); V(null) when not checked.
+      type: bool
+    hypervisor:
+      description: The domain type (kvm, qemu, xen).
+      type: str
+    nvram:
+      description: The NVRAM file of a UEFI guest, or V(null).
+      type: str
+    disks:
+      description: Every disk of the domain.
+      type: list
+      elements: dict
+      contains:
+        target:
+          description: Target device (vda, sdb...).
+          type: str
+        backend:
+          description: C(file), C(block), C(rbd) or C(other).
+          type: str
+        format:
+          description: Driver format (qcow2, raw).
+          type: str
+        source:
+          description: File path, device path, or pool/image for RBD.
+          type: str
+        virtual_size:
+          description: Capacity in bytes, when libvirt can tell.
+          type: int
+        allocated_size:
+          description: Bytes allocated on the host, when libvirt can tell.
+          type: int
+        chain:
+          description: For file disks, the backing chain, top first (filename, format).
+          type: list
+          elements: dict
+        supported:
+          description: Whether the collection backs this disk up.
+          type: bool
+        skip_reason:
+          description: Why the disk would be skipped, or V(null).
+          type: str
+    unsupported_disks:
+      description: Targets of disks that would be skipped.
+      type: list
+      elements: str
+  sample:
+    - name: web1
+      state: running
+      running: true
+      persistent: true
+      autostart: false
+      agent: true
+      disks:
+        - target: vda
+          backend: file
+          format: qcow2
+          source: /var/lib/libvirt/images/web1.qcow2
+          virtual_size: 10737418240
+          allocated_size: 1288490188
+          supported: true
+          skip_reason: null
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._module import run_module
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._vm_info import gather, ARGUMENT_SPEC
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    run_module(module, gather)
+
+
+if __name__ == "__main__":
+    main()
