@@ -1,0 +1,98 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The logic of the disk_transfer module (runs on the backup node)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
+
+ARGUMENT_SPEC = dict(
+    direction=dict(type="str", required=True, choices=["backup", "restore"]),
+    image=dict(type="str", required=True),
+    format=dict(type="str", default="raw", choices=["raw", "qcow2"]),
+    mode=dict(type="str", default="full", choices=["full", "delta"]),
+    repo_image=dict(type="path", required=True),
+    parent_image=dict(type="path"),
+    create=dict(type="bool", default=True),
+    size=dict(type="int"),
+    force=dict(type="bool", default=False),
+    verify=dict(type="list", elements="dict", default=[]),
+    **transfer.CONNECTION_ARGSPEC
+)
+
+REQUIRED_IF = [
+    ("mode", "delta", ["parent_image"]),
+    ("transport", "ssh", ["ssh_host"]),
+]
+
+
+def backup(module, runner, hv):
+    p = module.params
+    dest = p["repo_image"]
+    if os.path.exists(dest):
+        return {"changed": False, "file": dest, "sha256": transfer.sha256_file(dest),
+                "stored_bytes": transfer.stored_bytes(dest), "bytes_sent": 0, "mode": p["mode"],
+                "msg": "already transferred"}
+    if module.check_mode:
+        return {"changed": True, "file": dest, "mode": p["mode"]}
+    if not os.path.isdir(os.path.dirname(dest)):
+        raise VmbackupError("repository directory %s does not exist on the backup node" % os.path.dirname(dest))
+    start = time.time()
+    if p["mode"] == "full":
+        result = transfer.pull_full(runner, hv, p["image"], p["format"], dest)
+    else:
+        if not os.path.exists(p["parent_image"]):
+            raise VmbackupError("parent image %s of the delta is not in the repository" % p["parent_image"])
+        result = transfer.pull_delta(runner, hv, p["image"], dest, p["parent_image"])
+    result.update({
+        "changed": True,
+        "file": dest,
+        "sha256": transfer.sha256_file(dest),
+        "stored_bytes": transfer.stored_bytes(dest),
+        "duration": round(time.time() - start, 3),
+    })
+    return result
+
+
+def restore(module, runner, hv):
+    p = module.params
+    target = p["image"]
+    for item in p["verify"]:
+        actual = transfer.sha256_file(item["path"])
+        if actual != item["sha256"]:
+            raise VmbackupError(
+                "backup image %s is damaged: its sha256 is %s, the manifest says %s. Nothing was "
+                "written to the hypervisor; restore an older backup or run verify."
+                % (item["path"], actual, item["sha256"]))
+    exists = hv.exists(target)
+    if exists and not p["force"]:
+        raise VmbackupError(
+            "restore target %s already exists on hypervisor %s; nothing was written. Choose another "
+            "target or set force=true to overwrite it." % (target, hv.label))
+    if module.check_mode:
+        return {"changed": True, "target": target, "created": not exists}
+    start = time.time()
+    created = False
+    if p["create"] and p["format"] in ("qcow2", "raw") and not target.startswith("/dev/"):
+        if not p["size"]:
+            raise VmbackupError("size is required to create %s" % target)
+        hv.run(["mkdir", "-p", os.path.dirname(target)], "creating the directory of %s" % target)
+        hv.run(["qemu-img", "create", "-q", "-f", p["format"], target, str(p["size"])],
+               "creating %s" % target)
+        created = True
+    transfer.push(runner, hv, p["repo_image"], target, p["format"], target_is_zero=created)
+    return {"changed": True, "target": target, "created": created,
+            "duration": round(time.time() - start, 3)}
+
+
+def run(module):
+    runner = CommandRunner(module)
+    hv = transfer.Hypervisor(runner, module.params)
+    if module.params["direction"] == "backup":
+        return backup(module, runner, hv)
+    return restore(module, runner, hv)

@@ -1,0 +1,188 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backup repository on the backup node.
+
+Layout::
+
+    REPO/VM/BACKUP_ID/manifest.json   written last and atomically: a backup exists only with it
+    REPO/VM/BACKUP_ID/domain.xml      the domain definition (virsh dumpxml --inactive --security-info)
+    REPO/VM/BACKUP_ID/TARGET.qcow2    each disk: a whole image (full) or a delta whose
+                                       backing file is ../PARENT_ID/TARGET.qcow2
+    REPO/VM/.partial-BACKUP_ID/       a backup being written; never listed, never a parent
+
+Backup IDs are UTC times (20261122T013000Z), so they sort by time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+PARTIAL_PREFIX = ".partial-"
+ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+NAME_RE = re.compile(r"^[^/\x00]+$")
+
+
+def new_backup_id(now=None):
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def parse_time(value):
+    """A backup ID or an ISO 8601 time as an aware datetime."""
+    if ID_RE.match(value):
+        return datetime.datetime.strptime(value[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed
+
+
+class Repository:
+    def __init__(self, path):
+        self.path = os.path.abspath(os.path.expanduser(path))
+
+    def vm_dir(self, vm):
+        if not NAME_RE.match(vm) or vm in (".", ".."):
+            raise VmbackupError("invalid VM name %r for a repository path" % vm)
+        return os.path.join(self.path, vm)
+
+    def backup_dir(self, vm, backup_id):
+        return os.path.join(self.vm_dir(vm), backup_id)
+
+    def partial_dir(self, vm, backup_id):
+        return os.path.join(self.vm_dir(vm), PARTIAL_PREFIX + backup_id)
+
+    # --- reading ----------------------------------------------------------------
+    def vms(self):
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(d for d in os.listdir(self.path) if os.path.isdir(os.path.join(self.path, d))
+                      and not d.startswith("."))
+
+    def manifest(self, vm, backup_id):
+        path = os.path.join(self.backup_dir(vm, backup_id), MANIFEST)
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise VmbackupError("manifest %s is not valid JSON (%s): the backup is damaged; run verify" % (path, exc))
+
+    def backups(self, vm):
+        """Complete backups of a VM, oldest first (those with a manifest, not marked bad)."""
+        vdir = self.vm_dir(vm)
+        if not os.path.isdir(vdir):
+            return []
+        found = []
+        for entry in sorted(os.listdir(vdir)):
+            if entry.startswith("."):
+                continue
+            manifest = self.manifest(vm, entry)
+            if manifest is not None:
+                found.append(manifest)
+        return found
+
+    def partials(self, vm):
+        vdir = self.vm_dir(vm)
+        if not os.path.isdir(vdir):
+            return []
+        return sorted(e[len(PARTIAL_PREFIX):] for e in os.listdir(vdir) if e.startswith(PARTIAL_PREFIX))
+
+    def chain(self, vm, backup_id):
+        """Manifests from the full backup up to ``backup_id``; fails if a link is missing."""
+        out = []
+        current = backup_id
+        while current:
+            manifest = self.manifest(vm, current)
+            if manifest is None:
+                raise VmbackupError(
+                    "backup %s of VM %s in repository %s is missing or incomplete, but %s needs it "
+                    "(chain %s)" % (current, vm, self.path, backup_id,
+                                    " <- ".join(m["backup_id"] for m in reversed(out)) or backup_id))
+            if manifest.get("status", "complete") != "complete":
+                raise VmbackupError("backup %s of VM %s is marked %s and cannot be used"
+                                    % (current, vm, manifest.get("status")))
+            out.append(manifest)
+            current = manifest.get("parent")
+        return list(reversed(out))
+
+    def select(self, vm, backup="latest", before=None):
+        """The manifest of the backup to restore: ``latest``, an ID, or the newest at or before a time."""
+        backups = [m for m in self.backups(vm) if m.get("status", "complete") == "complete"]
+        if not backups:
+            raise VmbackupError("repository %s holds no complete backup of VM %s" % (self.path, vm))
+        if before:
+            limit = parse_time(before)
+            eligible = [m for m in backups if parse_time(m["backup_id"]) <= limit]
+            if not eligible:
+                raise VmbackupError("no backup of VM %s at or before %s (oldest is %s)"
+                                    % (vm, before, backups[0]["backup_id"]))
+            return eligible[-1]
+        if backup in (None, "", "latest"):
+            return backups[-1]
+        for m in backups:
+            if m["backup_id"] == backup:
+                return m
+        raise VmbackupError("backup %s of VM %s is not in repository %s (complete backups: %s)"
+                            % (backup, vm, self.path, ", ".join(m["backup_id"] for m in backups)))
+
+    # --- writing ----------------------------------------------------------------
+    def begin(self, vm, backup_id):
+        final = self.backup_dir(vm, backup_id)
+        if os.path.exists(final):
+            raise VmbackupError("backup %s of VM %s already exists in %s" % (backup_id, vm, self.path))
+        partial = self.partial_dir(vm, backup_id)
+        os.makedirs(partial, exist_ok=True)
+        return partial
+
+    def commit(self, vm, backup_id, manifest, files):
+        """Write ``files`` ({name: bytes}) and the manifest, then make the backup visible."""
+        partial = self.partial_dir(vm, backup_id)
+        if not os.path.isdir(partial):
+            raise VmbackupError("backup %s of VM %s was not begun (no %s)" % (backup_id, vm, partial))
+        for name, data in files.items():
+            _write_atomic(os.path.join(partial, name), data)
+        for disk in manifest.get("disks", []):
+            path = os.path.join(partial, disk["file"])
+            if not os.path.exists(path):
+                raise VmbackupError("disk image %s of backup %s is missing; the backup stays incomplete" % (path, backup_id))
+        _write_atomic(os.path.join(partial, MANIFEST),
+                      (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        final = self.backup_dir(vm, backup_id)
+        os.rename(partial, final)
+        _fsync_dir(self.vm_dir(vm))
+        return final
+
+    def abort(self, vm, backup_id):
+        partial = self.partial_dir(vm, backup_id)
+        if os.path.isdir(partial):
+            shutil.rmtree(partial)
+            return True
+        return False
+
+
+def _write_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, path)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,140 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_repo
+short_description: Begin, complete, abort, list and select backups in a vmbackup repository
+version_added: 0.1.0
+description:
+  - Manages the backup repository on the backup node. A backup is written into
+    C(VM/.partial-ID/) and becomes visible as C(VM/ID/) only when its manifest
+    has been written, last and atomically, so a failed or interrupted backup
+    never looks complete and is never used as the parent of an incremental.
+  - Runs on the backup node.
+author:
+  - vmbackup.libvirt maintainers
+extends_documentation_fragment:
+  - vmbackup.libvirt.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details:
+      - V(list), V(select) and V(abort) are idempotent; V(begin) and V(commit) make a new backup each time.
+options:
+  path:
+    description: The repository directory.
+    type: path
+    required: true
+  vm:
+    description: The VM's name. Required except for O(action=list).
+    type: str
+  action:
+    description:
+      - V(begin) creates the partial directory of a new backup and returns the latest complete backup as RV(parent).
+      - V(commit) writes the domain XML, extra files and the manifest, and makes the backup visible.
+      - V(abort) removes a partial backup.
+      - V(list) lists complete backups (of O(vm), or of every VM) and partial ones.
+      - V(select) finds the backup to restore (O(backup), O(before)) and its chain.
+    type: str
+    required: true
+    choices: [begin, commit, abort, list, select]
+  backup_id:
+    description: The backup's ID. V(begin) makes one from the current UTC time when omitted.
+    type: str
+  backup:
+    description: For V(select), V(latest) or a backup ID.
+    type: str
+    default: latest
+  before:
+    description: For V(select), the newest backup taken at or before this time (ISO 8601 or a backup ID).
+    type: str
+  manifest:
+    description:
+      - For V(commit), the manifest's content (type, parent, disks, hypervisor, versions...).
+        Each disk needs C(file), the image's name in the backup directory.
+    type: dict
+  domain_xml:
+    description: For V(commit), the domain's XML.
+    type: str
+  files:
+    description: For V(commit), extra files (for example the NVRAM) as name to base64 content.
+    type: dict
+    default: {}
+"""
+
+EXAMPLES = r"""
+- name: Begin a backup of web1
+  vmbackup.libvirt.backup_repo:
+    path: /srv/vmbackup
+    vm: web1
+    action: begin
+  register: begun
+
+- name: The newest backup of web1 taken before noon, with its chain
+  vmbackup.libvirt.backup_repo:
+    path: /srv/vmbackup
+    vm: web1
+    action: select
+    before: "2026-11-22T12:00:00Z"
+  register: chosen
+"""
+
+RETURN = r"""
+backup_id:
+  description: The ID of the begun backup.
+  returned: action=begin
+  type: str
+  sample: 20261122T013000Z
+dir:
+  description: The backup's directory (partial for V(begin), final for V(commit)).
+  returned: action=begin or action=commit
+  type: str
+parent:
+  description: The latest complete backup (manifest with paths), or V(null).
+  returned: action=begin
+  type: dict
+manifest:
+  description: The manifest written.
+  returned: action=commit
+  type: dict
+backups:
+  description: Summaries of complete backups, oldest first.
+  returned: action=list
+  type: list
+  elements: dict
+partial:
+  description: Partial (incomplete) backups per VM.
+  returned: action=list
+  type: dict
+backup:
+  description: The selected backup's manifest, with C(dir), C(domain_xml_path) and each disk's C(image) path.
+  returned: action=select
+  type: dict
+chain:
+  description: The manifests from the full backup to the selected one.
+  returned: action=select
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_repo import ARGUMENT_SPEC, REQUIRED_IF, run
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._module import run_module
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+    run_module(module, run)
+
+
+if __name__ == "__main__":
+    main()

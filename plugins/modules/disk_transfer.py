@@ -1,0 +1,192 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: disk_transfer
+short_description: Move a disk image between a hypervisor and the backup repository
+version_added: 0.1.0
+description:
+  - Runs on the backup node and reaches the hypervisor over SSH with strict host
+    key checking against O(known_hosts) (or locally with O(transport=local)).
+  - O(direction=backup), O(mode=full) serves the frozen image with C(qemu-nbd)
+    (read-only) on the hypervisor, forwards its unix socket with OpenSSH and
+    reads it with C(qemu-img convert) into a qcow2 in the repository. Holes and
+    zero regions are neither sent nor stored; memory use is constant.
+  - O(direction=backup), O(mode=delta) streams the frozen overlay of the
+    previous backup (the clusters written since) and links it to the parent
+    backup's image with C(qemu-img rebase -u), then checks it with C(qemu-img check).
+  - O(direction=restore) checks the chain's sha256 sums (O(verify)), creates the
+    target on the hypervisor (refusing an existing one unless O(force)), serves
+    it writable with C(qemu-nbd) and writes the chain into it with
+    C(qemu-img convert -n); zero regions of a new target are skipped.
+  - The stored image appears under its final name only when it is whole.
+author:
+  - vmbackup.libvirt maintainers
+extends_documentation_fragment:
+  - vmbackup.libvirt.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details:
+      - A backup whose image is already in place is not transferred again.
+      - A restore refuses an existing target unless O(force=true), which writes it again.
+options:
+  direction:
+    description: V(backup) (hypervisor to repository) or V(restore) (repository to hypervisor).
+    type: str
+    required: true
+    choices: [backup, restore]
+  image:
+    description:
+      - On the hypervisor: the frozen image to read (backup), or the target to write (restore):
+        a file, or a block device such as C(/dev/vg0/lv1).
+    type: str
+    required: true
+  format:
+    description: Format of O(image) (C(qemu-nbd -f)).
+    type: str
+    choices: [raw, qcow2]
+    default: raw
+  mode:
+    description: For backups, V(full) (the whole image) or V(delta) (the overlay's own clusters).
+    type: str
+    choices: [full, delta]
+    default: full
+  repo_image:
+    description: On the backup node, the qcow2 to write (backup) or the chain's top to read (restore).
+    type: path
+    required: true
+  parent_image:
+    description: For O(mode=delta), the parent backup's image in the repository.
+    type: path
+  create:
+    description: For restores, create O(image) (a file) of O(size) bytes first.
+    type: bool
+    default: true
+  size:
+    description: Virtual size in bytes of a target to create.
+    type: int
+  force:
+    description: For restores, overwrite an existing target.
+    type: bool
+    default: false
+  verify:
+    description:
+      - For restores, files to check first, each a dict with C(path) and C(sha256).
+    type: list
+    elements: dict
+    default: []
+  transport:
+    description: V(ssh) to reach a remote hypervisor, V(local) when the hypervisor is the backup node.
+    type: str
+    choices: [ssh, local]
+    default: ssh
+  ssh_host:
+    description: The hypervisor's address for SSH.
+    type: str
+  ssh_port:
+    description: Its SSH port.
+    type: int
+    default: 22
+  ssh_user:
+    description: The account on the hypervisor.
+    type: str
+    default: root
+  ssh_private_key:
+    description: The backup node's private key for the hypervisor.
+    type: path
+  known_hosts:
+    description: The known_hosts file that holds the hypervisor's host key (see the C(prep) role).
+    type: path
+    default: ~/.ssh/known_hosts
+  ssh_options:
+    description: Extra C(-o) options for ssh, such as V(ConnectTimeout=10).
+    type: list
+    elements: str
+    default: []
+  ready_timeout:
+    description: Seconds to wait for qemu-nbd and the SSH forward to be ready.
+    type: int
+    default: 60
+requirements:
+  - OpenSSH client and qemu-img on the backup node; qemu-nbd on the hypervisor.
+"""
+
+EXAMPLES = r"""
+- name: Pull the frozen base of vda into the repository
+  vmbackup.libvirt.disk_transfer:
+    direction: backup
+    image: /var/lib/libvirt/images/web1.qcow2
+    format: qcow2
+    repo_image: /srv/vmbackup/web1/.partial-20261122T013000Z/vda.qcow2
+    ssh_host: hv1.example.com
+    known_hosts: /home/backup/.ssh/known_hosts
+  delegate_to: localhost
+
+- name: Restore vda of a backup under a new name
+  vmbackup.libvirt.disk_transfer:
+    direction: restore
+    repo_image: /srv/vmbackup/web1/20261122T013000Z/vda.qcow2
+    image: /var/lib/libvirt/images/web1-test-vda.qcow2
+    format: qcow2
+    size: 10737418240
+    ssh_host: hv1.example.com
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+mode:
+  description: V(full) or V(delta).
+  returned: direction=backup
+  type: str
+file:
+  description: The image written in the repository.
+  returned: direction=backup
+  type: str
+sha256:
+  description: sha256 of the stored file.
+  returned: direction=backup and not check mode
+  type: str
+bytes_sent:
+  description: Bytes that crossed the wire (for full images, the data stored; holes and zeroes are not sent).
+  returned: direction=backup and not check mode
+  type: int
+stored_bytes:
+  description: Bytes the stored file occupies.
+  returned: direction=backup and not check mode
+  type: int
+duration:
+  description: Seconds the transfer took.
+  returned: changed and not check mode
+  type: float
+target:
+  description: The restored target.
+  returned: direction=restore
+  type: str
+created:
+  description: Whether the target was created.
+  returned: direction=restore
+  type: bool
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._disk_transfer import ARGUMENT_SPEC, REQUIRED_IF, run
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._module import run_module
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+    run_module(module, run)
+
+
+if __name__ == "__main__":
+    main()
