@@ -261,6 +261,13 @@ class Domain:
         el = self.root.find("metadata/{%s}backup/{%s}%s" % (METADATA_NS, METADATA_NS, key))
         return el.text if el is not None else None
 
+    def all_metadata(self):
+        """The facts vmbackup recorded in <metadata> (restored_from...), as a dict."""
+        el = self.root.find("metadata/{%s}backup" % METADATA_NS)
+        if el is None:
+            return {}
+        return {etree.QName(child).localname: child.text for child in el}
+
     # --- changing ----------------------------------------------------------------
     def set_name(self, name):
         self._set_text("name", name)

@@ -13,11 +13,12 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI
 ARGUMENT_SPEC = dict(
     name=dict(type="str"),
     agent_timeout=dict(type="int", default=5),
+    include_xml=dict(type="bool", default=False),
     **URI_ARGSPEC
 )
 
 
-def describe_vm(virsh, name, agent_timeout=5):
+def describe_vm(virsh, name, agent_timeout=5, include_xml=False):
     """Everything vm_info reports about one VM (also used by the other modules)."""
     virsh.require(name)
     info = virsh.dominfo(name)
@@ -46,7 +47,7 @@ def describe_vm(virsh, name, agent_timeout=5):
     agent = None
     if running and agent_timeout > 0:
         agent = virsh.agent_ping(name, timeout=agent_timeout)
-    return {
+    vm = {
         "name": name,
         "uuid": domain.uuid,
         "state": state,
@@ -58,12 +59,17 @@ def describe_vm(virsh, name, agent_timeout=5):
         "nvram": domain.nvram,
         "disks": disks,
         "unsupported_disks": [d["target"] for d in disks if not d["supported"]],
+        "metadata": domain.all_metadata(),
     }
+    if include_xml:
+        # The persistent definition, with secrets such as VNC passwords, as a restore needs it.
+        vm["xml"] = virsh.dumpxml(name, inactive=True, security_info=True)
+    return vm
 
 
 def gather(module):
     runner = CommandRunner(module)
     virsh = Virsh(runner, module.params["uri"])
     names = [module.params["name"]] if module.params["name"] else virsh.list_names()
-    vms = [describe_vm(virsh, n, module.params["agent_timeout"]) for n in names]
+    vms = [describe_vm(virsh, n, module.params["agent_timeout"], module.params["include_xml"]) for n in names]
     return {"changed": False, "vms": vms}

@@ -32,6 +32,12 @@ options:
       - V(0) skips the check.
     type: int
     default: 5
+  include_xml:
+    description:
+      - Also return each VM's persistent definition (C(virsh dumpxml --inactive --security-info)) as RV(vms[].xml).
+      - The XML can hold secrets such as VNC passwords; do not print it.
+    type: bool
+    default: false
 requirements:
   - python lxml on the hypervisor.
   - qemu-img on the hypervisor for the backing chain of file disks.
@@ -126,6 +132,12 @@ vms:
       description: Targets of disks that would be skipped.
       type: list
       elements: str
+    metadata:
+      description: What vmbackup recorded in the domain's metadata (for example C(restored_from)).
+      type: dict
+    xml:
+      description: The persistent definition, when O(include_xml=true).
+      type: str
   sample:
     - name: web1
       state: running
