@@ -1,0 +1,95 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import os
+
+DOCUMENTATION = r"""
+name: restore_plan
+short_description: Decide where each disk of a backup is restored
+version_added: 0.1.0
+description:
+  - From a backup (M(vmbackup.libvirt.backup_repo) O(action=select)), the restored VM's name
+    and a storage mapping, builds one entry per disk - the target (type, path, format, size),
+    the chain's top image in the repository, and the files to verify (path and sha256) first.
+  - A disk not in the mapping goes where it came from when the name is unchanged, and beside
+    it (or into O(directory)) as C(NAME-TARGET.FORMAT) under a new name.
+positional: chain, name, disk_map, directory
+options:
+  _input:
+    description: The selected backup (RV(vmbackup.libvirt.backup_repo#module:backup)).
+    type: dict
+    required: true
+  chain:
+    description: The chain (RV(vmbackup.libvirt.backup_repo#module:chain)).
+    type: list
+    elements: dict
+    required: true
+  name:
+    description: The restored VM's name.
+    type: str
+    required: true
+  disk_map:
+    description: Per target, a dict with C(type), C(path), C(format).
+    type: dict
+  directory:
+    description: Directory for file disks not in O(disk_map).
+    type: str
+"""
+
+EXAMPLES = r"""
+- name: Plan the disks
+  ansible.builtin.set_fact:
+    plan: "{{ selected.backup | vmbackup.libvirt.restore_plan(selected.chain, 'web1-test', {}, '') }}"
+"""
+
+RETURN = r"""
+_value:
+  description: One entry per disk - target, type, path, format, size, image, backend, verify.
+  type: list
+  elements: dict
+"""
+
+EXTENSIONS = {"qcow2": "qcow2", "raw": "raw"}
+
+
+def restore_plan(backup, chain, name, disk_map=None, directory=""):
+    disk_map = disk_map or {}
+    renamed = name != backup["vm"]
+    plan = []
+    for disk in backup["disks"]:
+        target = disk["target"]
+        spec = dict(disk_map.get(target) or {})
+        fmt = spec.get("format") or disk.get("format") or "raw"
+        kind = spec.get("type") or ("block" if disk.get("backend") == "block" else "file")
+        path = spec.get("path")
+        if not path:
+            source = disk.get("source") or ""
+            if kind == "file" and (renamed or directory):
+                folder = directory or os.path.dirname(source) or "/var/lib/libvirt/images"
+                path = os.path.join(folder, "%s-%s.%s" % (name, target, EXTENSIONS.get(fmt, fmt)))
+            else:
+                path = source
+        verify = []
+        for link in chain:
+            for d in link.get("disks", []):
+                if d["target"] == target:
+                    verify.append({"path": d["image"], "sha256": d["sha256"]})
+        plan.append({
+            "target": target,
+            "type": kind,
+            "path": path,
+            "format": fmt,
+            "size": disk.get("virtual_size"),
+            "backend": disk.get("backend", "file"),
+            "image": next(d["image"] for d in backup["disks"] if d["target"] == target),
+            "verify": verify,
+        })
+    return plan
+
+
+class FilterModule:
+    def filters(self):
+        return {"restore_plan": restore_plan}
