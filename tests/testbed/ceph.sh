@@ -95,32 +95,34 @@ osd data = $CD/osd/\$cluster-\$id
 osd objectstore = memstore
 memstore device bytes = 2147483648
 osd crush update on start = true
-osd max object name len = 256
-osd max object namespace len = 64
 
 [mgr]
 mgr data = $CD/mgr/\$cluster-\$id
 EOF
 }
 
-kill_daemon() {  # name signal
-    local pid t
+signal_daemon() {  # name signal -> prints the pid signalled
+    local pid
     pid=$(daemon_pid "$1") || { rm -f "$(pidfile "$1")"; return 0; }
-    log "stopping $1 (pid $pid)"
+    log "stopping $1 (pid $pid, SIG$2)"
     kill "-$2" "$pid" 2>/dev/null || true
-    t=$((STOP_TIMEOUT * 10))
-    while [ -d "/proc/$pid" ] && [ $t -gt 0 ]; do sleep 0.1; t=$((t - 1)); done
-    if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.3; fi
-    [ -d "/proc/$pid" ] && die "$1 (pid $pid) does not exit"
-    rm -f "$(pidfile "$1")"
+    echo "$pid"
 }
 
 stop_all() {
-    # the OSD's memstore content is lost anyway: SIGKILL (SIGTERM would make
-    # memstore dump all objects to disk first)
-    kill_daemon osd.0 KILL
-    kill_daemon mgr.x TERM
-    kill_daemon mon.a TERM
+    # The OSD's memstore content is lost anyway: SIGKILL it (SIGTERM would make
+    # memstore dump all objects to disk first). mon and mgr get SIGTERM.
+    local pids=() pid t d
+    pid=$(signal_daemon osd.0 KILL); [ -n "$pid" ] && pids+=("$pid")
+    pid=$(signal_daemon mgr.x TERM); [ -n "$pid" ] && pids+=("$pid")
+    pid=$(signal_daemon mon.a TERM); [ -n "$pid" ] && pids+=("$pid")
+    for pid in "${pids[@]}"; do
+        t=$((STOP_TIMEOUT * 10))
+        while [ -d "/proc/$pid" ] && [ $t -gt 0 ]; do sleep 0.1; t=$((t - 1)); done
+        if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.3; fi
+        [ -d "/proc/$pid" ] && die "pid $pid does not exit"
+    done
+    for d in osd.0 mgr.x mon.a; do rm -f "$(pidfile "$d")"; done
 }
 
 # health check; prints a one-line reason on failure (to stderr)
@@ -227,14 +229,33 @@ build_cluster() {
     log "starting mgr.x"
     ceph-mgr -c "$CONF" -i x --keyring "$MGR_KEYRING" || die "ceph-mgr failed to start (log: $CD/log/mgr.x.log)"
     wait_until "$deadline" "osd.0 to be up" osd_up
+    log "osd.0 is up"
 
     log "creating pool rbd"
     cephc osd pool create rbd 8 8 >/dev/null 2>&1 || die "ceph osd pool create rbd failed"
     cephc osd pool set rbd size 1 --yes-i-really-mean-it >/dev/null 2>&1 || true
     cephc osd pool application enable rbd rbd >/dev/null 2>&1 || true
     wait_until "$deadline" "mgr.x to be available" mgr_available
+    log "mgr.x is available; rbd pool init rbd"
     timeout 60 rbd -c "$CONF" --keyring "$ADMIN_KEYRING" --id admin pool init rbd \
         || die "rbd pool init rbd failed"
+}
+
+# OSD alive: restart mon/mgr if missing, give it 30 s, else fail (-> rebuild)
+try_restart() {
+    local until=$(( $(date +%s) + 30 ))
+    if ! daemon_pid mon.a >/dev/null; then
+        log "restarting mon.a (osd.0 still running)"
+        ceph-mon -c "$CONF" -i a 2>>"$CD/log/mon.a.start.log" || return 1
+    fi
+    if ! daemon_pid mgr.x >/dev/null; then
+        log "restarting mgr.x"
+        ceph-mgr -c "$CONF" -i x --keyring "$MGR_KEYRING" 2>>"$CD/log/mgr.x.start.log" || return 1
+    fi
+    while ! check_health >/dev/null 2>&1; do
+        if [ "$(date +%s)" -ge "$until" ]; then log "restart did not recover the cluster: rebuilding"; return 1; fi
+        sleep 1
+    done
 }
 
 cmd_up() {
@@ -248,27 +269,30 @@ cmd_up() {
         return 0
     fi
     mkdir -p "$CD"
-    if daemon_pid osd.0 >/dev/null && daemon_pid mon.a >/dev/null && [ -f "$CONF" ]; then
-        # OSD (and its in-memory data) alive: only restart what is missing
-        daemon_pid mgr.x >/dev/null || { log "restarting mgr.x"; ceph-mgr -c "$CONF" -i x --keyring "$MGR_KEYRING" || die "ceph-mgr failed to start"; }
+    if daemon_pid osd.0 >/dev/null && daemon_pid mon.a >/dev/null && daemon_pid mgr.x >/dev/null; then
+        log "all daemons running but not healthy yet: waiting (no rebuild)"
+    elif daemon_pid osd.0 >/dev/null && [ -f "$CONF" ] && [ -d "$CD/mon/ceph-a" ] && try_restart; then
+        :   # the OSD (and its in-memory data) survived: only missing daemons restarted
     else
         build_cluster "$deadline"
     fi
     log "waiting for HEALTH_OK/WARN with all PGs active+clean"
-    while ! why=$(check_health 2>&1); do
+    while ! why=$(check_health 2>&1 >/dev/null); do
         [ "$(date +%s)" -lt "$deadline" ] || die "cluster not healthy after ${UP_TIMEOUT}s: $why (logs: $CD/log)"
         sleep 1
     done
-    log "up: $why"
+    log "up: $(check_health 2>&1)"
     log "use: ceph -c $CONF --keyring $ADMIN_KEYRING ...; rbd -c $CONF --id vmbackup ... (keyring $VMB_KEYRING)"
 }
 
 cmd_health() {
     local out
-    if out=$(check_health); then
+    local why
+    if out=$(check_health 2>/dev/null); then
         echo "ceph.sh: health: $out" >&2
     else
-        echo "ceph.sh: health: not healthy" >&2
+        why=$(check_health 2>&1 >/dev/null) || true
+        echo "ceph.sh: health: not healthy: $why" >&2
         return 1
     fi
 }

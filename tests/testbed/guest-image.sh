@@ -41,7 +41,9 @@ while read -r m; do
     insmod "/modules/$m.ko" || say "insmod $m failed"
 done < /modules/order
 say "modules inserted"
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /lower \
+NINEP_OPTS=trans=virtio,version=9p2000.L,ro,msize=262144
+say "mounting the host root: mount -t 9p -o $NINEP_OPTS hostroot /lower"
+mount -t 9p -o "$NINEP_OPTS" hostroot /lower \
     || fail "cannot mount the host root (9p tag hostroot)"
 mount -t tmpfs -o mode=0755 tmpfs /rw || fail "tmpfs"
 mkdir -p /rw/upper /rw/work
@@ -74,6 +76,9 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 [ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mkdir -p /run/lock /run/vmbackup
+# a clean, private home for root (the host's /root and its shell rc files stay out)
+mount -t tmpfs -o mode=0700 tmpfs /root
+printf 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n' > /root/.profile
 ip link set lo up 2>/dev/null
 
 ROLES=""
@@ -160,16 +165,7 @@ LVMCONF
         say "lvmhost: creating vg0 on /dev/vda"
         pvcreate -ff -y /dev/vda && vgcreate vg0 /dev/vda || say "lvmhost: vgcreate failed"
     fi
-    vgchange -ay vg0 >/dev/null 2>&1
-    say "lvmhost: $(vgs --noheadings -o vg_name,vg_size,vg_free vg0 2>&1)"
-
-    # libvirt: a hypervisor of its own, not sharing the host's persistent state.
-    for d in /etc/libvirt/qemu /etc/libvirt/storage /etc/libvirt/secrets \
-             /var/lib/libvirt/qemu /var/lib/libvirt/images /var/cache/libvirt /var/log/libvirt; do
-        mkdir -p "$d" && mount -t tmpfs -o mode=0755 tmpfs "$d"
-    done
-    mkdir -p /var/log/libvirt/qemu /run/libvirt
-    virtlogd -d && libvirtd -d || say "lvmhost: libvirtd failed to start"
+    say "lvmhost: $(vgchange -ay vg0 2>&1 | tr -s ' \n' ' ')"
 
     mkdir -p /run/sshd /run/vmbackup/ssh
     chmod 0755 /run/sshd
@@ -183,6 +179,14 @@ LVMCONF
         sleep 1
       done ) &
     say "lvmhost: sshd started"
+    # libvirt: a hypervisor of its own, not sharing the host's persistent state
+    # (started in the background: libvirtd -d waits for its own initialisation).
+    for d in /etc/libvirt/qemu /etc/libvirt/storage /etc/libvirt/secrets \
+             /var/lib/libvirt/qemu /var/lib/libvirt/images /var/cache/libvirt /var/log/libvirt; do
+        mkdir -p "$d" && mount -t tmpfs -o mode=0755 tmpfs "$d"
+    done
+    mkdir -p /var/log/libvirt/qemu /run/libvirt
+    ( virtlogd -d && libvirtd -d && say "lvmhost: libvirtd started" || say "lvmhost: libvirtd failed to start" ) &
 }
 
 qga_loop &
