@@ -28,6 +28,7 @@ DEFAULT_COMMANDS = {
     "qemu_nbd": "qemu-nbd",
     "lvs": "lvs",
     "lvm": "lvm",
+    "vgs": "vgs",
     "dmsetup": "dmsetup",
     "rbd": "rbd",
 }
@@ -39,6 +40,7 @@ PACKAGES = {
     "qemu_nbd": ("qemu-utils", "qemu-img"),
     "lvs": ("lvm2", "lvm2"),
     "lvm": ("lvm2", "lvm2"),
+    "vgs": ("lvm2", "lvm2"),
     "dmsetup": ("dmsetup", "device-mapper"),
     "rbd": ("ceph-common", "ceph-common"),
     "lxml": ("python3-lxml", "python3-lxml"),
@@ -395,7 +397,7 @@ class Preflight:
             except (ValueError, KeyError, IndexError):
                 json_ok = False
         if json_ok and self.find("vgs"):
-            rc2, out2, _err2 = self.run(["vgs", "--reportformat", "json", "-o", "vg_name"])
+            rc2, out2, _err2 = self.run([self.cmds["vgs"], "--reportformat", "json", "-o", "vg_name"])
             if rc2 == 0:
                 try:
                     vgs = sorted({vg["vg_name"] for vg in json.loads(out2)["report"][0].get("vg", [])})

@@ -16,7 +16,7 @@ description:
   - A scanned key is accepted only when it matches one of the host's pinned fingerprints
     (O(hosts[].fingerprints)) or, without pins, when O(trust_on_first_use) allows it.
   - A key that differs from the one the file already records for that name and key type is
-    never replaced: the call fails and shows both fingerprints.
+    never replaced; the call fails and shows both fingerprints.
   - All or nothing. Every host is scanned and checked before anything is written; any problem
     fails the call and leaves the file byte-identical.
   - Existing lines (comments, other hosts, C(@cert-authority) and C(@revoked) markers) are kept
