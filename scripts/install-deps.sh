@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils qemu-guest-agent
   openssh-server openssh-client lvm2 thin-provisioning-tools
-  ceph ceph-mon ceph-osd ceph-mgr
+  ceph ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd qemu-block-extra
   linux-image-amd64 busybox-static zstd xz-utils
   python3-lxml python3-paramiko python3-jmespath
   virtnbdbackup libnbd-bin python3-libnbd

@@ -299,6 +299,18 @@ class Domain:
                 iface.insert(0, m)
             m.set("address", mac)
 
+    def rename_device_paths(self, old, new):
+        """Re-point name-derived host paths (console logs, agent sockets) at the new name.
+
+        Two domains cannot share them: libvirt refuses to start a domain whose log file
+        another running domain holds open.
+        """
+        for el in self.root.xpath("./devices/*[self::serial or self::console or self::channel]/*[self::source or self::log]"):
+            path = el.get("path")
+            if path and old in path.rsplit("/", 1)[-1]:
+                head, _sep, tail = path.rpartition("/")
+                el.set("path", head + "/" + tail.replace(old, new))
+
     def remove_interfaces(self):
         for iface in self.root.findall("devices/interface"):
             iface.getparent().remove(iface)

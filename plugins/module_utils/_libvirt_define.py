@@ -52,6 +52,8 @@ def desired_domain(params, emulator_exists=os.path.exists):
     name = params["name"] or original_name
     renamed = name != original_name
     domain.set_name(name)
+    if renamed:
+        domain.rename_device_paths(original_name, name)
     uuid = params["uuid"]
     if uuid == "auto":
         uuid = "derive" if renamed else "keep"

@@ -14,6 +14,8 @@ ARGUMENT_SPEC = dict(
     name=dict(type="str"),
     agent_timeout=dict(type="int", default=5),
     include_xml=dict(type="bool", default=False),
+    details=dict(type="bool", default=True),
+    missing=dict(type="str", default="fail", choices=["fail", "ignore"]),
     **URI_ARGSPEC
 )
 
@@ -67,9 +69,29 @@ def describe_vm(virsh, name, agent_timeout=5, include_xml=False):
     return vm
 
 
+def summarize_vm(virsh, name):
+    """Name, state and vmbackup metadata only: cheap, and safe for VMs with broken disks."""
+    state = virsh.state(name)
+    return {
+        "name": name,
+        "state": state,
+        "running": state in ("running", "paused", "in shutdown", "pmsuspended"),
+        "metadata": Domain(virsh.dumpxml(name)).all_metadata(),
+    }
+
+
 def gather(module):
+    p = module.params
     runner = CommandRunner(module)
-    virsh = Virsh(runner, module.params["uri"])
-    names = [module.params["name"]] if module.params["name"] else virsh.list_names()
-    vms = [describe_vm(virsh, n, module.params["agent_timeout"], module.params["include_xml"]) for n in names]
+    virsh = Virsh(runner, p["uri"])
+    if p["name"]:
+        if p["missing"] == "ignore" and not virsh.exists(p["name"]):
+            return {"changed": False, "vms": []}
+        names = [p["name"]]
+    else:
+        names = virsh.list_names()
+    if p["details"]:
+        vms = [describe_vm(virsh, n, p["agent_timeout"], p["include_xml"]) for n in names]
+    else:
+        vms = [summarize_vm(virsh, n) for n in names]
     return {"changed": False, "vms": vms}

@@ -16,7 +16,7 @@ description:
     never looks complete and is never used as the parent of an incremental.
   - Runs on the backup node.
 author:
-  - vmbackup.libvirt maintainers
+  - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
 attributes:

@@ -25,7 +25,7 @@ description:
     C(qemu-img convert -n); zero regions of a new target are skipped.
   - The stored image appears under its final name only when it is whole.
 author:
-  - vmbackup.libvirt maintainers
+  - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
 attributes:
@@ -46,8 +46,8 @@ options:
     choices: [backup, restore]
   image:
     description:
-      - On the hypervisor: the frozen image to read (backup), or the target to write (restore):
-        a file, or a block device such as C(/dev/vg0/lv1).
+      - On the hypervisor, the frozen image to read (backup), or the target to write (restore),
+        a file or a block device such as C(/dev/vg0/lv1).
     type: str
     required: true
   format:

@@ -15,7 +15,7 @@ description:
     freeze file systems around storage-level (LVM, RBD) snapshots, with a time limit;
     the backup role always thaws.
 author:
-  - vmbackup.libvirt maintainers
+  - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
   - vmbackup.libvirt.libvirt

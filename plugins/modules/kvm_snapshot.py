@@ -21,12 +21,12 @@ description:
     image) when the VM runs and C(qemu-img commit)/C(rebase) when it is shut
     off. It never commits into an image that is not one of its own overlays'
     bases, so shared templates below the VM's own image are never written.
-  - Between backups the newest overlay can be kept (O(state=kept)): it then
+  - Between backups the newest overlay can be kept (O(state=kept)). It then
     holds exactly the clusters written since that backup, which is what the
     next incremental backup transfers.
   - Runs on the hypervisor.
 author:
-  - vmbackup.libvirt maintainers
+  - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
   - vmbackup.libvirt.libvirt

@@ -22,7 +22,7 @@ description:
     defaults to every definition.
   - Runs on the hypervisor.
 author:
-  - vmbackup.libvirt maintainers
+  - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
   - vmbackup.libvirt.libvirt

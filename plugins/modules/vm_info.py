@@ -10,13 +10,13 @@ module: vm_info
 short_description: Facts about libvirt VMs that a backup needs
 version_added: 0.1.0
 description:
-  - Reports one VM or all VMs of a libvirt hypervisor: state, persistence,
+  - Reports one VM or all VMs of a libvirt hypervisor - state, persistence,
     autostart, guest agent, and every disk with its backend (C(file), C(block),
     C(rbd), or C(other) with the reason it would be skipped), format, source,
     virtual and allocated size, and for file disks the backing chain.
   - Runs on the hypervisor.
 author:
-  - vmbackup.libvirt maintainers
+  - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
   - vmbackup.libvirt.attributes.INFO_MODULE
@@ -32,6 +32,19 @@ options:
       - V(0) skips the check.
     type: int
     default: 5
+  details:
+    description:
+      - V(false) reports only each VM's name, state and vmbackup metadata, which is cheap
+        and works for VMs whose disks are broken.
+    type: bool
+    default: true
+  missing:
+    description:
+      - What to do when O(name) does not exist. V(fail) fails with a clear message,
+        V(ignore) returns an empty RV(vms).
+    type: str
+    choices: [fail, ignore]
+    default: fail
   include_xml:
     description:
       - Also return each VM's persistent definition (C(virsh dumpxml --inactive --security-info)) as RV(vms[].xml).

@@ -1,0 +1,215 @@
+"""File-backed VMs backed up and restored end to end, with real guests, libvirt, sshd and ansible-playbook."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import image_sha256, local_inventory, ssh_inventory
+
+import domains  # tests/testbed/domains.py
+
+MiB = 1024 * 1024
+BACKUP = "vmbackup.libvirt.backup"
+RESTORE = "vmbackup.libvirt.restore"
+
+pytestmark = pytest.mark.usefixtures("libvirt")
+
+
+def manifests(repo, vm):
+    out = []
+    for path in sorted(glob.glob(os.path.join(repo, vm, "*", "manifest.json"))):
+        with open(path) as fh:
+            out.append(json.load(fh))
+    return out
+
+
+def report(repo, host):
+    with open(os.path.join(repo, "report-%s-latest.json" % host)) as fh:
+        return json.load(fh)["results"]
+
+
+def chain_of(vm):
+    return dict(domains.domblklist(vm))
+
+
+def cleanup_vm(name):
+    """Destroy a test VM and every file it uses, overlays included.
+
+    Not domains.destroy_guest(): a restored VM carries the source VM's test bed metadata,
+    which would make it delete the source's files.
+    """
+    if domains.domain_exists(name):
+        sources = [s for _t, s in domains.domblklist(name) if s and s != "-"]
+        domains.virsh("destroy", name, check=False)
+        domains.virsh("undefine", name, "--nvram", check=False)
+        for src in sources:
+            stem = re.sub(r"\.vmbackup-.*\.qcow2$", "", src)
+            for path in glob.glob(re.sub(r"\.(qcow2|raw)$", "", stem) + ".*"):
+                os.unlink(path)
+
+
+@pytest.fixture
+def guest():
+    created = []
+
+    def make(name, disks, running=True):
+        cleanup_vm(name)
+        created.append(name)
+        info = domains.define_guest(name, disks, running=running, replace=True)
+        if running:
+            domains.wait_agent(name, timeout=180)
+        return info
+
+    yield make
+    for name in created:
+        cleanup_vm(name)
+
+
+def test_running_guest_full_then_two_incrementals_restore_each(guest, playbook, sshd, tmp_path):
+    """The heart of the product, over real SSH: full + 2 incrementals of a running qcow2+raw guest."""
+    vm = "it-run1"
+    repo = str(tmp_path / "repo")
+    guest(vm, [{"target": "vda", "format": "qcow2", "size_mib": 96},
+               {"target": "vdb", "format": "raw", "size_mib": 48}])
+    inv = playbook.inventory(ssh_inventory())
+    base = {"vmbackup_vms": vm, "vmbackup_repository": repo}
+    states = []
+    written = [0]
+
+    domains.guest_write(vm, "/dev/vda", 0, 6 * MiB, seed=1)
+    domains.guest_write(vm, "/dev/vdb", 4 * MiB, 3 * MiB, seed=2)
+    for step, writes in enumerate([[], [("/dev/vda", 32 * MiB, 8 * MiB, 3), ("/dev/vdb", 20 * MiB, 2 * MiB, 4)],
+                                   [("/dev/vda", 64 * MiB, 4 * MiB, 5), ("/dev/vda", 8 * MiB, 2 * MiB, None)]]):
+        size = 0
+        for dev, off, length, seed in writes:
+            domains.guest_write(vm, dev, off, length, seed=seed)
+            size += length
+        written.append(size)
+        states.append({t: domains.guest_sha256(vm, "/dev/" + t) for t in ("vda", "vdb")})
+        playbook.run(BACKUP, inv, base)
+        # After every backup the VM runs on exactly one kept overlay of that backup, per disk.
+        backup_id = manifests(repo, vm)[-1]["backup_id"]
+        chain = chain_of(vm)
+        for target in ("vda", "vdb"):
+            assert chain[target].endswith(".vmbackup-%s.qcow2" % backup_id), chain
+        assert domains.domstate(vm) == "running"
+
+    found = manifests(repo, vm)
+    assert [m["type"] for m in found] == ["full", "incremental", "incremental"]
+    assert found[1]["parent"] == found[0]["backup_id"] and found[2]["parent"] == found[1]["backup_id"]
+    for m, size in zip(found[1:], written[2:]):
+        # An incremental carries what the guest wrote, not the disk: within 10% + 1 MiB.
+        assert m["bytes_sent"] <= size * 1.10 + MiB, (m["bytes_sent"], size)
+        assert m["bytes_stored"] <= size * 1.10 + MiB, (m["bytes_stored"], size)
+        assert m["bytes_sent"] >= size * 0.9
+    results = report(repo, "hv1")
+    assert results[0]["result"] == "ok" and results[0]["type"] == "incremental"
+
+    # Restore each backup under a new name: the disks equal the guest's disks at that instant.
+    local = playbook.inventory(local_inventory())
+    for index, (m, state) in enumerate(zip(found, states)):
+        name = "it-run1-r%d" % index
+        cleanup_vm(name)
+        try:
+            extra = {"vmbackup_vm": vm, "vmbackup_backup": m["backup_id"], "vmbackup_restore_name": name,
+                     "vmbackup_repository": repo}
+            playbook.run(RESTORE, local, extra)
+            restored = chain_of(name)
+            assert restored["vda"].endswith("/%s-vda.qcow2" % name)
+            assert restored["vdb"].endswith("/%s-vdb.raw" % name)
+            assert image_sha256(restored["vda"], "qcow2") == state["vda"]
+            assert image_sha256(restored["vdb"], "raw") == state["vdb"]
+            if index == len(found) - 1:
+                # A second identical restore changes nothing; check mode changes nothing either.
+                again = playbook.run(RESTORE, local, extra)
+                assert again.changed("hv-local") == 0
+                checked = playbook.run(RESTORE, local, extra, check=True)
+                assert checked.changed("hv-local") == 0
+                # The restored VM boots and its agent answers.
+                domains.virsh("start", name)
+                domains.wait_agent(name, timeout=180)
+                assert domains.guest_sha256(name, "/dev/vdb") == state["vdb"]
+        finally:
+            cleanup_vm(name)
+
+
+def test_shut_off_vm_full_and_incremental(guest, playbook, tmp_path):
+    vm = "it-off1"
+    repo = str(tmp_path / "repo")
+    info = guest(vm, [{"target": "vda", "format": "qcow2", "size_mib": 64},
+                      {"target": "vdb", "format": "raw", "size_mib": 32}], running=False)
+    vda, vdb = info.paths
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 5M", vda], check=True, capture_output=True)
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x6b 2M 3M", vdb], check=True, capture_output=True)
+    inv = playbook.inventory(local_inventory())
+    extra = {"vmbackup_vms": vm, "vmbackup_repository": repo}
+    first = {"vda": image_sha256(vda, "qcow2"), "vdb": image_sha256(vdb, "raw")}
+    playbook.run(BACKUP, inv, extra)
+    chain = chain_of(vm)
+    assert domains.domstate(vm) == "shut off"
+    # The shut-off VM now points at its kept overlay; a write while off lands there.
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x7c 10M 4M", chain["vda"]], check=True, capture_output=True)
+    second = {"vda": image_sha256(chain["vda"], "qcow2"), "vdb": image_sha256(chain["vdb"], "qcow2")}
+    playbook.run(BACKUP, inv, extra)
+    found = manifests(repo, vm)
+    assert [m["type"] for m in found] == ["full", "incremental"]
+    assert found[1]["bytes_sent"] <= 4 * MiB * 1.1 + MiB
+    # Backing up without keeping overlays puts the VM back on its original files.
+    playbook.run(BACKUP, inv, dict(extra, vmbackup_keep_overlay=False))
+    assert chain_of(vm) == {"vda": vda, "vdb": vdb}
+    for m, state in zip(found, (first, second)):
+        name = "it-off1-r"
+        try:
+            playbook.run(RESTORE, inv, {"vmbackup_vm": vm, "vmbackup_backup": m["backup_id"],
+                                        "vmbackup_restore_name": name, "vmbackup_repository": repo})
+            restored = chain_of(name)
+            assert image_sha256(restored["vda"], "qcow2") == state["vda"]
+            assert image_sha256(restored["vdb"], "raw") == state["vdb"]
+        finally:
+            cleanup_vm(name)
+
+
+def test_restore_refuses_existing_name_unless_forced(guest, playbook, tmp_path):
+    vm = "it-off2"
+    repo = str(tmp_path / "repo")
+    guest(vm, [{"target": "vda", "format": "qcow2", "size_mib": 16}], running=False)
+    inv = playbook.inventory(local_inventory())
+    playbook.run(BACKUP, inv, {"vmbackup_vms": vm, "vmbackup_repository": repo, "vmbackup_keep_overlay": False})
+    # Same name, VM still there: refused, nothing changed.
+    res = playbook.run(RESTORE, inv, {"vmbackup_vm": vm, "vmbackup_repository": repo}, expect_rc=2)
+    assert "VM %s already exists" % vm in res.output and "restore_force=true" in res.output
+    assert domains.domstate(vm) == "shut off"
+    # Forced: the definition and the disk are replaced in place.
+    playbook.run(RESTORE, inv, {"vmbackup_vm": vm, "vmbackup_repository": repo, "vmbackup_restore_force": True})
+    assert domains.domstate(vm) == "shut off"
+
+
+def test_missing_vm_and_unsupported_disk_fail_clearly(guest, playbook, tmp_path):
+    repo = str(tmp_path / "repo")
+    inv = playbook.inventory(local_inventory())
+    res = playbook.run(BACKUP, inv, {"vmbackup_vms": "it-no-such-vm", "vmbackup_repository": repo}, expect_rc=2)
+    assert "it-no-such-vm not found on any hypervisor" in res.output
+
+    vm = "it-nbd1"
+    guest(vm, [{"target": "vda", "format": "qcow2", "size_mib": 16}], running=False)
+    xml = domains.virsh("dumpxml", "--inactive", vm).stdout
+    disk = ("<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+            "<source protocol='nbd' name='x'><host name='127.0.0.1' port='10809'/></source>"
+            "<target dev='vdc' bus='virtio'/></disk>")
+    path = str(tmp_path / "nbd.xml")
+    with open(path, "w") as fh:
+        fh.write(xml.replace("</devices>", disk + "</devices>"))
+    domains.virsh("define", path)
+    res = playbook.run(BACKUP, inv, {"vmbackup_vms": vm, "vmbackup_repository": repo}, expect_rc=2)
+    assert "vdc: network disk protocol 'nbd' is not supported" in res.output
+    assert manifests(repo, vm) == []
+    # Skipping it backs up the rest.
+    playbook.run(BACKUP, inv, {"vmbackup_vms": vm, "vmbackup_repository": repo,
+                               "vmbackup_unsupported_disks": "skip", "vmbackup_keep_overlay": False})
+    assert [d["target"] for d in manifests(repo, vm)[0]["disks"]] == ["vda"]
