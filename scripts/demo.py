@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The main job on the local default: back up a demo VM, change it, back it up again, restore it.
 
 Run by ``make demo`` (which installs everything and starts libvirtd first). Every step is a

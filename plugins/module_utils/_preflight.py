@@ -426,9 +426,9 @@ class Preflight:
         self.facts["rbd"]["version"] = tool.get("version")
         conf_ok = os.access(conf, os.R_OK)
         key_ok = os.access(keyring, os.R_OK)
+        state = {True: "readable", False: "MISSING or unreadable"}
         self.add("ceph_config", conf_ok and key_ok, wanted,
-                 "ceph config %s: %s; keyring %s: %s" % (conf, "readable" if conf_ok else "MISSING or unreadable",
-                                                        keyring, "readable" if key_ok else "MISSING or unreadable"),
+                 "ceph config %s: %s; keyring %s: %s" % (conf, state[conf_ok], keyring, state[key_ok]),
                  "Copy the cluster's ceph.conf and a keyring for client.%s (with rbd caps on the VM pools) to "
                  "this host, or set prep_ceph_conf / prep_ceph_id / prep_ceph_keyring." % self.params["ceph_id"])
 

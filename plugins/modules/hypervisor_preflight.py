@@ -24,7 +24,7 @@ description:
     checks that failed. The C(vmbackup.libvirt.prep) role turns them into one error.
   - Runs on the hypervisor.
 author:
-  - vmbackup.libvirt maintainers
+  - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
   - vmbackup.libvirt.attributes.INFO_MODULE

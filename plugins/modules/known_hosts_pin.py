@@ -23,7 +23,7 @@ description:
     as they are; a scanned key listed under C(@revoked) is refused.
   - Runs on the backup node, the machine whose SSH client must trust the hosts.
 author:
-  - vmbackup.libvirt maintainers
+  - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
   - ansible.builtin.files

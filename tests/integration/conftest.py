@@ -25,10 +25,10 @@ sys.path.insert(0, TESTBED_DIR)
 def testbed(script, *args, timeout=600):
     """Run a test bed script (``up`` is idempotent and fast when already healthy)."""
     cp = subprocess.run(["bash", os.path.join(TESTBED_DIR, script), *args],
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout, check=False)
     if cp.returncode != 0:
-        raise RuntimeError("%s %s failed (rc=%s):\n%s\n%s" % (script, " ".join(args), cp.returncode,
-                                                             cp.stdout[-3000:], cp.stderr[-3000:]))
+        raise RuntimeError("%s %s failed (rc=%s):\n%s\n%s"
+                           % (script, " ".join(args), cp.returncode, cp.stdout[-3000:], cp.stderr[-3000:]))
     return cp.stdout
 
 
@@ -84,7 +84,8 @@ class Playbook:
         if check:
             argv += ["--check", "--diff"]
         argv += list(args)
-        cp = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=self.workdir, timeout=1800)
+        cp = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=self.workdir, timeout=1800,
+                            check=False)
         out = cp.stdout + cp.stderr
         if expect_rc is not None and (cp.returncode == 0) != (expect_rc == 0):
             raise AssertionError("ansible-playbook %s exited %s (expected %s):\n%s"
@@ -134,13 +135,19 @@ def local_inventory(extra_vars=""):
 def ssh_inventory(name="hv1", address="127.0.0.11", port=22):
     key = os.path.join(TB, "ssh", "id_ed25519")
     known = os.path.join(TB, "ssh", "known_hosts")
+    host = " ".join([
+        name, "ansible_host=%s" % address, "ansible_port=%s" % port, "ansible_user=root",
+        "ansible_ssh_private_key_file=%s" % key,
+        "ansible_ssh_common_args='-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes'" % known,
+        "vmbackup_ssh_private_key=%s" % key, "vmbackup_known_hosts=%s" % known,
+    ])
     return """
     [hypervisors]
-    %s ansible_host=%s ansible_port=%s ansible_user=root ansible_ssh_private_key_file=%s ansible_ssh_common_args='-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes' vmbackup_ssh_private_key=%s vmbackup_known_hosts=%s
+    %s
 
     [all:vars]
     ansible_python_interpreter=%s
-    """ % (name, address, port, key, known, key, known, HV_PYTHON)
+    """ % (host, HV_PYTHON)
 
 
 def image_sha256(path, fmt=None):

@@ -87,7 +87,7 @@ def openssh(known_hosts, key, address, port, name=None):
     if name:
         argv += ["-o", "HostKeyAlias=%s" % name]
     return subprocess.run(argv + ["root@%s" % address, "echo connected"], capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+                          timeout=60, stdin=subprocess.DEVNULL, check=False)
 
 
 PARAMIKO = r"""
@@ -105,7 +105,7 @@ c.close()
 
 def paramiko_connect(known_hosts, key, address, port):
     return subprocess.run([HV_PYTHON, "-c", PARAMIKO, known_hosts, key, address, str(port)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_first_run_records_every_endpoint(prepared):
         for host in (name, address):
             pattern = host if port == 22 else "[%s]:%s" % (host, port)
             found = subprocess.run(["ssh-keygen", "-F", pattern, "-f", prepared["known"]],
-                                   capture_output=True, text=True)
+                                   capture_output=True, text=True, check=False)
             assert found.returncode == 0, "%s missing in:\n%s" % (pattern, text)
     assert "ssh-ed25519" in text and "ecdsa-sha2-nistp256" in text and "ssh-rsa" in text
     assert "[127.0.0.13]:2222" in text
@@ -381,7 +381,7 @@ LVMHOST_KNOWN = os.path.join(TB, "lvmhost", "known_hosts")
 
 def _lvmhost_healthy():
     cp = subprocess.run(["bash", os.path.join(os.path.dirname(__file__), "..", "testbed", "lvmhost.sh"), "health"],
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=120, check=False)
     return cp.returncode == 0, (cp.stdout + cp.stderr).strip()[-300:]
 
 
@@ -390,13 +390,15 @@ def test_preflight_lvm_hypervisor_has_lvm2_and_device_mapper(playbook):
     if not healthy:
         pytest.skip("the LVM hypervisor (tests/testbed/lvmhost.sh) is not healthy: %s" % why)
     os.makedirs(os.path.join(playbook.workdir, "reports"))
+    host = ("lvmhost ansible_host=127.0.0.1 ansible_port=2299 ansible_user=root ansible_ssh_private_key_file=%s "
+            "ansible_ssh_common_args='-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes'" % (ADMIN_KEY, LVMHOST_KNOWN))
     inv = playbook.inventory("""
     [hypervisors]
-    lvmhost ansible_host=127.0.0.1 ansible_port=2299 ansible_user=root ansible_ssh_private_key_file=%s ansible_ssh_common_args='-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes'
+    %s
 
     [all:vars]
     ansible_python_interpreter=%s
-    """ % (ADMIN_KEY, LVMHOST_KNOWN, HV_PYTHON))
+    """ % (host, HV_PYTHON))
     extra = {"prep_known_hosts": False, "prep_authorize_key": False, "prep_lvm": "required",
              "vmbackup_image_owner": IMAGE_OWNER, "prep_preflight_fail": False,
              "prep_preflight_report_dir": os.path.join(playbook.workdir, "reports")}

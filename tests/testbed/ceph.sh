@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Test bed: a one-node Ceph cluster on 127.0.0.1 with cephx.
 #   mon a (127.0.0.1, v2 3300 + v1 6789), mgr x, osd.0 (memstore, 2 GiB),
 #   pool size 1, rbd pool "rbd", users client.admin and client.vmbackup

@@ -79,7 +79,7 @@ def virsh(*args: str, uri: str = DEFAULT_URI, check: bool = True, timeout: float
     """Run ``virsh -c URI ARGS...``; raise TestbedError with virsh's message when check."""
     cmd = ["virsh", "-q", "-c", uri, *args]
     try:
-        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input_text)
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input_text, check=False)
     except subprocess.TimeoutExpired as exc:
         raise TestbedError(f"timed out after {timeout}s: {shlex.join(cmd)}") from exc
     except FileNotFoundError as exc:
@@ -235,7 +235,7 @@ def define_guest(name: str, disks: Sequence[dict], running: bool = True, uri: st
                 continue
             os.makedirs(os.path.dirname(d["path"]), exist_ok=True)
             cmd = ["qemu-img", "create", "-q", "-f", d["format"], d["path"], f"{int(d['size_mib'])}M"]
-            cp = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            cp = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
             if cp.returncode != 0:
                 raise TestbedError(f"{shlex.join(cmd)} failed: {cp.stderr.strip()}")
             created.append(d["path"])
@@ -501,9 +501,9 @@ def guest_write(name: str, device: str, offset_bytes: int, length_bytes: int,
 def guest_sha256(name: str, device: str, uri: str = DEFAULT_URI, timeout: float = 600,
                  offset_bytes: int = 0, length_bytes: Optional[int] = None) -> str:
     """sha256 hex digest of ``device`` (whole, or a range) read inside the guest."""
-    _, out, _ = guest_exec(name, [GUEST_PYTHON, "-c", _SHA_SRC, device, str(int(offset_bytes)),
-                                  "-" if length_bytes is None else str(int(length_bytes))],
-                           timeout=timeout, uri=uri, check=True)
+    argv = [GUEST_PYTHON, "-c", _SHA_SRC, device, str(int(offset_bytes)),
+            "-" if length_bytes is None else str(int(length_bytes))]
+    _code, out, _err = guest_exec(name, argv, timeout=timeout, uri=uri, check=True)
     digest = out.strip()
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise GuestExecError(f"unexpected sha256 output from {name}: {out!r}")
@@ -552,7 +552,7 @@ def selftest(name: str = "vmbtb-selftest") -> None:
     print("domblklist:", domblklist(name))
     code, out, err = guest_exec(name, ["/bin/sh", "-c", "uname -r; id -u; echo err >&2; exit 3"])
     assert (code, out.split()[1], err.strip()) == (3, "0", "err"), (code, out, err)
-    code, out, _ = guest_exec(name, [GUEST_PYTHON, "-c", "import lxml; print('lxml ok')"])
+    code, out, _err = guest_exec(name, [GUEST_PYTHON, "-c", "import lxml; print('lxml ok')"])
     print("guest python3 lxml:", out.strip() or code)
     off, ln = 5 << 20, 3 << 20
     t = time.monotonic()

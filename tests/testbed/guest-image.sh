@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Build the test-bed guest kernel + initramfs: a busybox initramfs that mounts
 # the host's / read-only over 9p, puts a tmpfs overlay on it, chroots into it
 # and runs qemu-ga (plus extra roles chosen on the kernel command line).

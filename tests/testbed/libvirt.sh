@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Start/stop libvirtd + virtlogd by hand (no systemd) for the test bed.
 # Usage: libvirt.sh up|down|health
 set -euo pipefail

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # The "LVM hypervisor": a TCG guest run directly by qemu-system-x86_64 (not via
 # libvirt) with a 2 GiB raw disk holding volume group vg0, sshd reachable on
 # 127.0.0.1:$PORT (root, key auth) and its own libvirtd.

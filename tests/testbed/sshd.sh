@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Test bed: three sshd endpoints on this machine acting as remote hypervisors.
 #
 #   hv1  127.0.0.11:22    ed25519 host key only
