@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+
 DOCUMENTATION = r"""
 name: backup_manifest
 short_description: Build a backup manifest from the results of a backup's tasks
@@ -24,8 +26,10 @@ options:
     type: dict
     required: true
   transfers:
-    description: The registered loop result of disk_transfer.
-    type: dict
+    description:
+      - The registered loop results of disk_transfer (file and block disks) and rbd_transfer
+        (RBD disks), as a list of them, or one of them.
+    type: raw
     required: true
   parent:
     description: The parent backup's ID, or null.
@@ -45,28 +49,47 @@ _value:
 """
 
 
+def _results(transfers):
+    if isinstance(transfers, dict):
+        transfers = [transfers]
+    for registered in transfers:
+        for result in (registered or {}).get("results", []):
+            if not result.get("skipped"):
+                yield result
+
+
 def backup_manifest(vm, snapshot, transfers, parent=None):
     chains = {d["target"]: d for d in snapshot.get("disks", [])}
+    vm_disks = {d["target"]: d for d in vm.get("disks", [])}
     disks = []
-    for result in transfers.get("results", []):
-        if result.get("skipped"):
-            continue
+    for result in _results(transfers):
         item = result["item"]
-        chain = chains.get(item["target"], {})
-        disks.append({
-            "target": item["target"],
-            "backend": item.get("backend", "file"),
-            "source": chain.get("base", item.get("source")),
-            "format": chain.get("base_format", item.get("format")),
-            "virtual_size": chain.get("virtual_size", item.get("virtual_size")),
-            "file": "%s.qcow2" % item["target"],
+        if "target" not in item:  # an rbd_transfer loops over rbd_export results
+            item = dict(item["item"], size=item.get("size"))
+        target = item["target"]
+        chain = chains.get(target, {})
+        known = vm_disks.get(target, {})
+        backend = known.get("backend", "file")
+        entry = {
+            "target": target,
+            "backend": backend,
+            "source": chain.get("base", known.get("source")),
+            "format": chain.get("base_format", known.get("format") or "raw"),
+            "virtual_size": chain.get("virtual_size") or known.get("virtual_size") or item.get("size"),
+            "file": os.path.basename(result.get("file") or "%s.qcow2" % target),
             "mode": result.get("mode"),
             "sha256": result.get("sha256"),
             "stored_bytes": result.get("stored_bytes"),
             "bytes_sent": result.get("bytes_sent"),
             "duration": result.get("duration"),
-        })
-    delta = any(d["mode"] == "delta" for d in disks)
+        }
+        if backend == "rbd":
+            entry["hosts"] = known.get("hosts")
+            entry["auth"] = known.get("auth")
+            if result.get("fallback_reason"):
+                entry["fallback_reason"] = result["fallback_reason"]
+        disks.append(entry)
+    delta = any(d["mode"] in ("delta", "incremental") for d in disks)
     return {
         "type": "incremental" if delta else "full",
         "parent": parent if delta else None,

@@ -55,37 +55,56 @@ _value:
 EXTENSIONS = {"qcow2": "qcow2", "raw": "raw"}
 
 
+def _disk_chain(chain, target):
+    """The images of one disk, from its last full backup up to the selected backup."""
+    links = []
+    for link in chain:
+        for d in link.get("disks", []):
+            if d["target"] == target:
+                if d.get("mode") == "full":
+                    links = []
+                links.append(d)
+    return links
+
+
 def restore_plan(backup, chain, name, disk_map=None, directory=""):
     disk_map = disk_map or {}
     renamed = name != backup["vm"]
     plan = []
     for disk in backup["disks"]:
         target = disk["target"]
+        backend = disk.get("backend", "file")
         spec = dict(disk_map.get(target) or {})
-        fmt = spec.get("format") or disk.get("format") or "raw"
-        kind = spec.get("type") or ("block" if disk.get("backend") == "block" else "file")
-        path = spec.get("path")
+        kind = spec.get("type") or {"rbd": "rbd", "block": "block"}.get(backend, "file")
+        fmt = spec.get("format") or ("raw" if kind != "file" else disk.get("format") or "raw")
+        if backend != "rbd" and kind == "rbd":
+            raise ValueError("disk %s: restoring a %s disk into an RBD image is not supported; map it to a "
+                             "file or a block device" % (target, backend))
+        path = spec.get("path") or spec.get("name")
         if not path:
             source = disk.get("source") or ""
-            if kind == "file" and (renamed or directory):
+            if kind == "file" and backend != "file":
+                folder = directory or "/var/lib/libvirt/images"
+                path = os.path.join(folder, "%s-%s.%s" % (name, target, EXTENSIONS.get(fmt, fmt)))
+            elif kind == "file" and (renamed or directory):
                 folder = directory or os.path.dirname(source) or "/var/lib/libvirt/images"
                 path = os.path.join(folder, "%s-%s.%s" % (name, target, EXTENSIONS.get(fmt, fmt)))
+            elif kind == "rbd" and renamed:
+                path = "%s/%s-%s" % (source.rsplit("/", 1)[0], name, target)
             else:
                 path = source
-        verify = []
-        for link in chain:
-            for d in link.get("disks", []):
-                if d["target"] == target:
-                    verify.append({"path": d["image"], "sha256": d["sha256"]})
+        links = _disk_chain(chain, target)
         plan.append({
             "target": target,
             "type": kind,
             "path": path,
             "format": fmt,
             "size": disk.get("virtual_size"),
-            "backend": disk.get("backend", "file"),
-            "image": next(d["image"] for d in backup["disks"] if d["target"] == target),
-            "verify": verify,
+            "backend": backend,
+            "image": links[-1]["image"],
+            "verify": [{"path": d["image"], "sha256": d["sha256"]} for d in links],
+            "auth": disk.get("auth"),
+            "hosts": disk.get("hosts"),
         })
     return plan
 

@@ -79,7 +79,7 @@ def desired_domain(params, emulator_exists=os.path.exists):
         elif kind == "block":
             disk.set_block_source(spec["path"], spec.get("format", "raw"))
         elif kind in ("rbd", "network"):
-            disk.set_rbd_source(spec["name"], spec.get("hosts"), spec.get("auth"))
+            disk.set_rbd_source(spec.get("name") or spec["path"], spec.get("hosts"), spec.get("auth"))
         else:
             raise VmbackupError("disk %s: unknown type %r (file, block, rbd)" % (target, kind))
     if params["nvram"]:

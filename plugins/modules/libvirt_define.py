@@ -61,7 +61,7 @@ options:
   disks:
     description:
       - Disk sources to change, each a dict with C(target), C(type) (V(file), V(block) or V(rbd)),
-        C(path) (file or device) and C(format), or for rbd C(name) (pool/image), C(hosts)
+        C(path) (file or device) and C(format), or for rbd C(name) or C(path) (pool/image), C(hosts)
         (list of C(name)/C(port)) and C(auth) (C(username), C(secret_uuid)).
     type: list
     elements: dict
