@@ -19,7 +19,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository impor
 ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),
     vm=dict(type="str"),
-    action=dict(type="str", required=True, choices=["begin", "commit", "abort", "list", "select"]),
+    action=dict(type="str", required=True, choices=["begin", "commit", "abort", "clean", "list", "select"]),
     backup_id=dict(type="str"),
     backup=dict(type="str", default="latest"),
     before=dict(type="str"),
@@ -32,12 +32,14 @@ REQUIRED_IF = [
     ("action", "begin", ["vm"]),
     ("action", "commit", ["vm", "backup_id", "manifest", "domain_xml"]),
     ("action", "abort", ["vm", "backup_id"]),
+    ("action", "clean", ["vm"]),
     ("action", "select", ["vm"]),
 ]
 
 
 def summary(manifest):
-    keys = ("backup_id", "vm", "type", "parent", "started", "finished", "status", "bytes_sent", "bytes_stored")
+    keys = ("backup_id", "vm", "type", "parent", "started", "finished", "status", "bytes_sent", "bytes_stored",
+            "usable", "damaged")
     return {k: manifest.get(k) for k in keys}
 
 
@@ -68,13 +70,19 @@ def run(module):
                 "chain": [with_paths(repo, m) for m in chain]}
     if action == "begin":
         backup_id = p["backup_id"] or new_backup_id()
-        backups = repo.backups(vm)
+        backups = repo.backups(vm, usable_only=True)
         parent = with_paths(repo, backups[-1]) if backups else None
         partial = repo.partial_dir(vm, backup_id)
         if not module.check_mode:
             repo.begin(vm, backup_id)
         return {"changed": True, "backup_id": backup_id, "dir": partial, "parent": parent,
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    if action == "clean":
+        partial = repo.partials(vm)
+        if partial and not module.check_mode:
+            repo.clean(vm)
+        return {"changed": bool(partial), "removed": partial,
+                "complete": [m["backup_id"] for m in repo.backups(vm, usable_only=True)]}
     if action == "abort":
         existed = os.path.isdir(repo.partial_dir(vm, p["backup_id"]))
         if existed and not module.check_mode:

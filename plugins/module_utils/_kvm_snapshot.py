@@ -13,6 +13,9 @@ States:
 - ``kept``: the chain is ``base <- overlay(ID)``; older overlays of ours merged down.
 - ``absent``: overlay ID is merged into the image below it (undo of ``present``).
 - ``merged``: every overlay of ours is merged; the VM runs on its original files.
+- ``repaired``: after a dead run, every overlay of ours whose backup is not complete is merged
+  into the image below it (it holds the guest's writes since then), then older ones, so the
+  chain is ``base <- overlay(newest complete backup)`` or just ``base``.
 
 Running VMs use ``virsh snapshot-create-as --disk-only --atomic --no-metadata``
 and ``virsh blockcommit``; shut-off VMs use ``qemu-img create``/``commit``/``rebase``
@@ -40,7 +43,8 @@ SNAPSHOT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     snapshot=dict(type="str"),
-    state=dict(type="str", default="present", choices=["present", "kept", "absent", "merged"]),
+    state=dict(type="str", default="present", choices=["present", "kept", "absent", "merged", "repaired"]),
+    valid_snapshots=dict(type="list", elements="str", default=[]),
     disks=dict(type="list", elements="str"),
     quiesce=dict(type="str", default="off", choices=["required", "preferred", "off"]),
     overlay_dir=dict(type="path"),
@@ -329,6 +333,30 @@ class KvmSnapshot:
                     self._merge(disk.target, info["filename"], below)
                     break
 
+    def _reload_chain(self, target):
+        source = Domain(self.virsh.dumpxml(self.name)).disk(target)
+        self.chains[target] = DiskChain(target, image_chain(self.runner, source.source, source.format))
+
+    def repaired(self, valid):
+        for disk in self.disks:
+            while True:
+                chain = self.chains[disk.target]
+                bad = [i for i in chain.ours if overlay_id(i["filename"]) not in valid]
+                if not bad:
+                    break
+                below = chain.images[chain.images.index(bad[0]) + 1]["filename"]
+                self._merge(disk.target, bad[0]["filename"], below)
+                if self.module.check_mode:
+                    chain.images.remove(bad[0])
+                    chain.ours.remove(bad[0])
+                else:
+                    self._reload_chain(disk.target)
+            chain = self.chains[disk.target]
+            if len(chain.ours) > 1:
+                self._merge(disk.target, chain.ours[1]["filename"], chain.base["filename"])
+                if not self.module.check_mode:
+                    self._reload_chain(disk.target)
+
     def merged(self):
         for disk in self.disks:
             chain = self.chains[disk.target]
@@ -382,7 +410,7 @@ def _chains_text(snap):
 def run(module):
     state = module.params["state"]
     snapshot = module.params["snapshot"]
-    if state != "merged" and not snapshot:
+    if state not in ("merged", "repaired") and not snapshot:
         module.fail_json(msg="snapshot (the backup point's ID) is required with state=%s" % state)
     if snapshot and not SNAPSHOT_ID_RE.match(snapshot):
         module.fail_json(msg="snapshot %r may contain only letters, digits, '.', '_' and '-'" % snapshot)
@@ -395,6 +423,8 @@ def run(module):
         snap.kept(snapshot)
     elif state == "absent":
         snap.absent(snapshot)
+    elif state == "repaired":
+        snap.repaired(set(module.params["valid_snapshots"]))
     else:
         snap.merged()
     return snap.result(before)

@@ -409,7 +409,7 @@ def apply_diff(stream, fd, where="rbd diff", expect_from=None):
 EXPORT_ARGUMENT_SPEC = dict(
     image=dict(type="str", required=True),
     snapshot=dict(type="str", required=True),
-    state=dict(type="str", default="present", choices=["present", "absent", "rotated"]),
+    state=dict(type="str", default="present", choices=["present", "absent", "rotated", "pruned"]),
     parent=dict(type="str"),
     **CEPH_ARGSPEC
 )
@@ -464,8 +464,8 @@ def run_export(module):
                 rbd.snap_remove(image, name)
             after = [s for s in before if s != name]
             removed = [name]
-    else:  # rotated
-        if name not in before:
+    else:  # rotated, pruned
+        if name not in before and state == "rotated":
             raise VmbackupError(
                 "cannot rotate the backup snapshots of RBD image %s on host %s: the snapshot to keep, %s, "
                 "is not there (snapshots of ours: %s); nothing was removed. Take it first with "
@@ -475,7 +475,7 @@ def run_export(module):
                 if not module.check_mode:
                     rbd.snap_remove(image, old)
                 removed.append(old)
-        after = [name]
+        after = [name] if name in before else []
 
     older = [s for s in after if s < name and s != name]
     result = {

@@ -9,6 +9,9 @@ Layout::
     REPO/VM/BACKUP_ID/domain.xml      the domain definition (virsh dumpxml --inactive --security-info)
     REPO/VM/BACKUP_ID/TARGET.qcow2    each disk: a whole image (full) or a delta whose
                                        backing file is ../PARENT_ID/TARGET.qcow2
+    REPO/VM/BACKUP_ID/damaged.json    written by verify when a file does not check out: the
+                                       backup (and every backup that builds on it) is then
+                                       never offered for restore nor used as a parent
     REPO/VM/.partial-BACKUP_ID/       a backup being written; never listed, never a parent
 
 Backup IDs are UTC times (20261122T013000Z), so they sort by time.
@@ -25,6 +28,8 @@ import shutil
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
 
 MANIFEST = "manifest.json"
+# Written by verify beside the manifest of a backup whose data does not check out.
+DAMAGED = "damaged.json"
 FORMAT_VERSION = 1
 PARTIAL_PREFIX = ".partial-"
 ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
@@ -78,18 +83,44 @@ class Repository:
         except ValueError as exc:
             raise VmbackupError("manifest %s is not valid JSON (%s): the backup is damaged; run verify" % (path, exc))
 
-    def backups(self, vm):
-        """Complete backups of a VM, oldest first (those with a manifest, not marked bad)."""
+    def damage(self, vm, backup_id):
+        """The verify findings that mark a backup damaged, or None."""
+        path = os.path.join(self.backup_dir(vm, backup_id), DAMAGED)
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {"problems": ["%s is unreadable" % path]}
+
+    def backups(self, vm, usable_only=False):
+        """Complete backups of a VM, oldest first (those with a manifest).
+
+        ``usable_only`` leaves out backups marked damaged and those whose chain needs one
+        that is damaged or missing: they are never a parent and never restored.
+        """
         vdir = self.vm_dir(vm)
         if not os.path.isdir(vdir):
             return []
         found = []
+        usable = set()
         for entry in sorted(os.listdir(vdir)):
             if entry.startswith("."):
                 continue
             manifest = self.manifest(vm, entry)
-            if manifest is not None:
-                found.append(manifest)
+            if manifest is None:
+                continue
+            damage = self.damage(vm, entry)
+            parent = manifest.get("parent")
+            ok = damage is None and manifest.get("status", "complete") == "complete" and (not parent or parent in usable)
+            if ok:
+                usable.add(entry)
+            if usable_only and not ok:
+                continue
+            if not usable_only:
+                manifest = dict(manifest, usable=ok, damaged=damage is not None)
+            found.append(manifest)
         return found
 
     def partials(self, vm):
@@ -118,9 +149,9 @@ class Repository:
 
     def select(self, vm, backup="latest", before=None):
         """The manifest of the backup to restore: ``latest``, an ID, or the newest at or before a time."""
-        backups = [m for m in self.backups(vm) if m.get("status", "complete") == "complete"]
+        backups = self.backups(vm, usable_only=True)
         if not backups:
-            raise VmbackupError("repository %s holds no complete backup of VM %s" % (self.path, vm))
+            raise VmbackupError("repository %s holds no complete, undamaged backup of VM %s" % (self.path, vm))
         if before:
             limit = parse_time(before)
             eligible = [m for m in backups if parse_time(m["backup_id"]) <= limit]
@@ -133,7 +164,12 @@ class Repository:
         for m in backups:
             if m["backup_id"] == backup:
                 return m
-        raise VmbackupError("backup %s of VM %s is not in repository %s (complete backups: %s)"
+        damage = self.damage(vm, backup) if os.path.isdir(self.backup_dir(vm, backup)) else None
+        if damage is not None or self.manifest(vm, backup) is not None:
+            why = "; ".join((damage or {}).get("problems", [])) or "see verify"
+            raise VmbackupError("backup %s of VM %s is damaged or builds on a damaged backup (%s); restore "
+                                "another one (usable: %s)" % (backup, vm, why, ", ".join(m["backup_id"] for m in backups)))
+        raise VmbackupError("backup %s of VM %s is not in repository %s (usable backups: %s)"
                             % (backup, vm, self.path, ", ".join(m["backup_id"] for m in backups)))
 
     # --- writing ----------------------------------------------------------------
@@ -162,6 +198,25 @@ class Repository:
         os.rename(partial, final)
         _fsync_dir(self.vm_dir(vm))
         return final
+
+    def clean(self, vm):
+        """Remove every partial backup of a VM (call only while holding the VM's lock)."""
+        removed = []
+        for backup_id in self.partials(vm):
+            shutil.rmtree(self.partial_dir(vm, backup_id))
+            removed.append(backup_id)
+        return removed
+
+    def mark_damaged(self, vm, backup_id, problems):
+        _write_atomic(os.path.join(self.backup_dir(vm, backup_id), DAMAGED),
+                      (json.dumps({"problems": problems}, indent=2) + "\n").encode("utf-8"))
+
+    def clear_damaged(self, vm, backup_id):
+        try:
+            os.unlink(os.path.join(self.backup_dir(vm, backup_id), DAMAGED))
+            return True
+        except FileNotFoundError:
+            return False
 
     def abort(self, vm, backup_id):
         partial = self.partial_dir(vm, backup_id)

@@ -41,11 +41,13 @@ options:
       - V(begin) creates the partial directory of a new backup and returns the latest complete backup as RV(parent).
       - V(commit) writes the domain XML, extra files and the manifest, and makes the backup visible.
       - V(abort) removes a partial backup.
+      - V(clean) removes every partial backup of O(vm) (left by dead runs; take the VM's lock first)
+        and returns the usable backups' IDs as RV(complete).
       - V(list) lists complete backups (of O(vm), or of every VM) and partial ones.
       - V(select) finds the backup to restore (O(backup), O(before)) and its chain.
     type: str
     required: true
-    choices: [begin, commit, abort, list, select]
+    choices: [begin, commit, abort, clean, list, select]
   backup_id:
     description: The backup's ID. V(begin) makes one from the current UTC time when omitted.
     type: str
@@ -105,8 +107,18 @@ manifest:
   description: The manifest written.
   returned: action=commit
   type: dict
+removed:
+  description: Partial backups removed.
+  returned: action=clean
+  type: list
+  elements: str
+complete:
+  description: IDs of the usable complete backups (not damaged, chain whole), oldest first.
+  returned: action=clean
+  type: list
+  elements: str
 backups:
-  description: Summaries of complete backups, oldest first.
+  description: Summaries of complete backups, oldest first, each with C(usable) and C(damaged).
   returned: action=list
   type: list
   elements: dict

@@ -49,7 +49,7 @@ options:
   snapshot:
     description:
       - The ID of the backup point, usually the backup ID. Letters, digits, C(.), C(_), C(-).
-      - Required unless O(state=merged).
+      - Required unless O(state=merged) or O(state=repaired).
     type: str
   state:
     description:
@@ -57,9 +57,18 @@ options:
       - V(kept) merges older overlays of ours into the base, keeping only O(snapshot)'s overlay.
       - V(absent) merges O(snapshot)'s overlay into the image below it (undoes V(present)).
       - V(merged) merges every overlay of ours; the VM runs on its original files again.
+      - V(repaired) repairs what a dead run left - every overlay of ours whose snapshot is not in
+        O(valid_snapshots) is merged into the image below it (it holds the guest's writes since),
+        then older overlays into the base, keeping the newest valid one.
     type: str
-    choices: [present, kept, absent, merged]
+    choices: [present, kept, absent, merged, repaired]
     default: present
+  valid_snapshots:
+    description:
+      - For O(state=repaired), the snapshot IDs whose backups are complete in the repository.
+    type: list
+    elements: str
+    default: []
   disks:
     description:
       - Targets (vda, sdb...) of the file disks to snapshot. Default all file disks.

@@ -56,8 +56,11 @@ options:
       - V(present) takes the snapshot if it is not there.
       - V(absent) removes it if it is there.
       - V(rotated) removes every snapshot of ours except O(snapshot), which must exist.
+      - V(pruned) removes every snapshot of ours except O(snapshot) if it exists (repairs what
+        a dead run left; O(snapshot) is then the newest complete backup's ID, or any ID that is
+        not there to remove them all).
     type: str
-    choices: [present, absent, rotated]
+    choices: [present, absent, rotated, pruned]
     default: present
   parent:
     description:

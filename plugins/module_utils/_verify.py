@@ -1,0 +1,90 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The logic of the backup_verify module: re-read stored backups and mark what fails."""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandError, CommandRunner
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._rbd import RbdDiffError, scan_diff
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import Repository
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._transfer import sha256_file
+
+ARGUMENT_SPEC = dict(
+    path=dict(type="path", required=True),
+    vm=dict(type="str"),
+    backup=dict(type="str", default="all"),
+    fail_on_damage=dict(type="bool", default=True),
+)
+
+
+def check_disk(runner, bdir, disk):
+    """Problems with one stored disk image (empty when it checks out)."""
+    path = os.path.join(bdir, disk["file"])
+    if not os.path.exists(path):
+        return ["%s is missing" % path]
+    problems = []
+    actual = sha256_file(path)
+    if actual != disk.get("sha256"):
+        problems.append("%s: sha256 %s, the manifest says %s" % (path, actual, disk.get("sha256")))
+    if path.endswith(".qcow2"):
+        try:
+            runner.run(["qemu-img", "check", "-q", "-f", "qcow2", path], what="checking %s" % path)
+        except CommandError as exc:
+            problems.append("%s: qemu-img check failed (rc=%s): %s" % (path, exc.rc, (exc.stderr or exc.stdout).strip()))
+    elif path.endswith(".rbddiff"):
+        try:
+            scan_diff(path)
+        except RbdDiffError as exc:
+            problems.append(str(exc.msg))
+    return problems
+
+
+def run(module):
+    p = module.params
+    repo = Repository(p["path"])
+    runner = CommandRunner(module)
+    vms = [p["vm"]] if p["vm"] else repo.vms()
+    results = []
+    changed = False
+    for vm in vms:
+        backups = repo.backups(vm)
+        if p["backup"] == "latest":
+            backups = backups[-1:]
+        elif p["backup"] != "all":
+            backups = [m for m in backups if m["backup_id"] == p["backup"]]
+        for manifest in backups:
+            backup_id = manifest["backup_id"]
+            bdir = repo.backup_dir(vm, backup_id)
+            problems = []
+            for disk in manifest.get("disks", []):
+                problems += check_disk(runner, bdir, disk)
+            if not os.path.exists(os.path.join(bdir, manifest.get("domain_xml", "domain.xml"))):
+                problems.append("the domain XML is missing")
+            parent = manifest.get("parent")
+            if parent and repo.manifest(vm, parent) is None:
+                problems.append("its parent backup %s is missing" % parent)
+            was_damaged = manifest.get("damaged", False)
+            if problems and not was_damaged:
+                changed = True
+                if not module.check_mode:
+                    repo.mark_damaged(vm, backup_id, problems)
+            elif not problems and was_damaged:
+                changed = True
+                if not module.check_mode:
+                    repo.clear_damaged(vm, backup_id)
+            results.append({"vm": vm, "backup_id": backup_id, "ok": not problems, "problems": problems})
+    # A backup is usable only if every backup its chain needs is (recomputed after marking).
+    usable = {(vm, m["backup_id"]) for vm in vms for m in repo.backups(vm, usable_only=True)}
+    for r in results:
+        r["usable"] = (r["vm"], r["backup_id"]) in usable if not module.check_mode else r["ok"]
+    damaged = [r for r in results if not r["ok"]]
+    out = {"changed": changed, "backups": results, "damaged": damaged}
+    if damaged and p["fail_on_damage"]:
+        found = "; ".join("%s/%s: %s" % (d["vm"], d["backup_id"], ", ".join(d["problems"])) for d in damaged)
+        module.fail_json(msg="verify found %d damaged backup(s) in %s: %s. They are marked and will not be "
+                             "restored nor used as parents; the next backup of those VMs is a full one."
+                             % (len(damaged), repo.path, found), **out)
+    return out
