@@ -12,7 +12,10 @@ Unit tests patch ``AnsibleModule.run_command``: that is the command boundary.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shlex
+import signal
 import socket
 import subprocess
 
@@ -96,10 +99,22 @@ class CommandRunner:
 
     def spawn(self, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
               stderr=subprocess.PIPE, resolve=True):
-        """Start a long-running process (ssh tunnels, qemu-nbd, streams)."""
-        import os
+        """Start a long-running process (ssh tunnels, qemu-nbd, streams).
+
+        It gets SIGTERM when the module dies, so a killed run leaves no transfer behind
+        that holds images open or writes into the repository.
+        """
         env = dict(os.environ)
         env.update(C_LOCALE)
         full = self.argv(argv) if resolve else [str(a) for a in argv]
         return subprocess.Popen(full, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
-                                start_new_session=True)
+                                preexec_fn=_die_with_parent)
+
+
+def _die_with_parent():
+    """In the child: ask Linux for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: no such guarantee, the transfer still ends with its connection

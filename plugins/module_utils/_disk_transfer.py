@@ -22,6 +22,7 @@ ARGUMENT_SPEC = dict(
     size=dict(type="int"),
     force=dict(type="bool", default=False),
     verify=dict(type="list", elements="dict", default=[]),
+    progress_file=dict(type="path"),
     **transfer.CONNECTION_ARGSPEC
 )
 
@@ -44,11 +45,11 @@ def backup(module, runner, hv):
         raise VmbackupError("repository directory %s does not exist on the backup node" % os.path.dirname(dest))
     start = time.time()
     if p["mode"] == "full":
-        result = transfer.pull_full(runner, hv, p["image"], p["format"], dest)
+        result = transfer.pull_full(runner, hv, p["image"], p["format"], dest, p["progress_file"])
     else:
         if not os.path.exists(p["parent_image"]):
             raise VmbackupError("parent image %s of the delta is not in the repository" % p["parent_image"])
-        result = transfer.pull_delta(runner, hv, p["image"], dest, p["parent_image"])
+        result = transfer.pull_delta(runner, hv, p["image"], dest, p["parent_image"], p["progress_file"])
     result.update({
         "changed": True,
         "file": dest,
@@ -85,7 +86,8 @@ def restore(module, runner, hv):
         hv.run(["qemu-img", "create", "-q", "-f", p["format"], target, str(p["size"])],
                "creating %s" % target)
         created = True
-    transfer.push(runner, hv, p["repo_image"], target, p["format"], target_is_zero=created)
+    transfer.push(runner, hv, p["repo_image"], target, p["format"], target_is_zero=created,
+                  progress_file=p["progress_file"])
     return {"changed": True, "target": target, "created": created,
             "duration": round(time.time() - start, 3)}
 

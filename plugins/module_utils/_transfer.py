@@ -237,9 +237,77 @@ class NbdExport:
         return False
 
 
-def convert(runner, argv, what, hint):
+class Progress:
+    """A small JSON file that the vmbackup.libvirt.progress callback shows while a transfer runs."""
+
+    def __init__(self, path, label, watch=None):
+        self.path = path
+        self.label = label
+        self.watch = watch  # a file whose allocated size is the bytes done so far
+        self.start = time.time()
+        self.last = 0.0
+
+    def update(self, done=None, percent=None, force=False):
+        if not self.path or (not force and time.time() - self.last < 1.0):
+            return
+        self.last = time.time()
+        if done is None and self.watch:
+            try:
+                done = stored_bytes(self.watch)
+            except OSError:
+                done = 0
+        elapsed = max(self.last - self.start, 0.001)
+        state = {"label": self.label, "done": done, "percent": percent, "elapsed": round(elapsed, 1),
+                 "rate": int(done / elapsed) if done else 0,
+                 "eta": round(elapsed * (100.0 - percent) / percent, 1) if percent else None}
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path + ".tmp", "w") as fh:
+                json.dump(state, fh)
+            os.rename(self.path + ".tmp", self.path)
+        except OSError:
+            pass  # progress is a courtesy; never fail a transfer for it
+
+    def close(self):
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def _run_with_progress(runner, argv, progress):
+    """Run qemu-img convert -p, feeding its percentages to ``progress``; (rc, stdout, stderr)."""
+    full = [argv[0], argv[1], "-p"] + list(argv[2:])
+    proc = runner.spawn(full)
+    buf = b""
+    while True:
+        ready, _w, _x = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buf = (buf + chunk)[-256:]
+            marks = [m for m in buf.replace(b"\r", b"\n").split(b"\n") if b"/100%" in m]
+            if marks:
+                try:
+                    progress.update(percent=float(marks[-1].strip().strip(b"()").split(b"/")[0]))
+                except ValueError:
+                    pass
+        elif proc.poll() is not None:
+            break
+    err = proc.stderr.read().decode("utf-8", "replace")
+    return proc.wait(), "", err
+
+
+def convert(runner, argv, what, hint, progress=None):
     try:
-        runner.run(argv, what=what, hint=hint)
+        if progress is not None and progress.path:
+            rc, out, err = _run_with_progress(runner, argv, progress)
+            if rc != 0:
+                raise CommandError(argv, rc, out, err, what=what, hint=hint, host=runner.host)
+        else:
+            runner.run(argv, what=what, hint=hint)
     except CommandError as exc:
         err = exc.stderr or ""
         if "No space left" in err:
@@ -250,26 +318,31 @@ def convert(runner, argv, what, hint):
         raise
 
 
-def pull_full(runner, hv, image, fmt, dest):
+def pull_full(runner, hv, image, fmt, dest, progress_file=None):
     """Copy the guest-visible content of ``image`` into a new qcow2 ``dest``."""
     part = dest + ".part"
+    progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest), watch=part)
     try:
         with NbdExport(hv, image, fmt) as nbd:
             convert(runner, ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1",
                              "-m", "8", "-W", nbd.url, part],
                     what="copying %s from hypervisor %s" % (image, hv.label),
-                    hint="If the connection dropped, run the backup again; nothing was kept.")
+                    hint="If the connection dropped, run the backup again; nothing was kept.",
+                    progress=progress)
         os.rename(part, dest)
     except Exception:
         _unlink(part)
         raise
+    finally:
+        progress.close()
     return {"mode": "full", "bytes_sent": data_bytes(runner, dest)}
 
 
-def pull_delta(runner, hv, image, dest, parent_image):
+def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
     """Stream the frozen overlay ``image`` and rebase it onto ``parent_image`` (in the repository)."""
     part = dest + ".part"
     sent = 0
+    progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest))
     try:
         if hv.transport == "local":
             src = open(image, "rb")
@@ -284,6 +357,7 @@ def pull_delta(runner, hv, image, dest, parent_image):
                     break
                 out.write(block)
                 sent += len(block)
+                progress.update(done=sent)
             out.flush()
             os.fsync(out.fileno())
         if proc is not None:
@@ -309,18 +383,25 @@ def pull_delta(runner, hv, image, dest, parent_image):
     except Exception:
         _unlink(part)
         raise
+    finally:
+        progress.close()
     return {"mode": "delta", "bytes_sent": sent}
 
 
-def push(runner, hv, source, target, target_format, create_size=None, target_is_zero=False):
+def push(runner, hv, source, target, target_format, target_is_zero=False, progress_file=None, source_format="qcow2"):
     """Write the chain whose top is ``source`` (in the repository) into ``target`` on the hypervisor."""
-    with NbdExport(hv, target, target_format, writable=True) as nbd:
-        argv = ["qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", "-m", "8", "-W"]
-        if target_is_zero:
-            argv.append("--target-is-zero")
-        convert(runner, argv + [source, nbd.url],
-                what="writing %s to %s on hypervisor %s" % (source, target, hv.label),
-                hint="The target is incomplete; run the restore again with force=true to overwrite it.")
+    progress = Progress(progress_file, "%s -> %s:%s" % (source, hv.label, target))
+    try:
+        with NbdExport(hv, target, target_format, writable=True) as nbd:
+            argv = ["qemu-img", "convert", "-n", "-f", source_format, "-O", "raw", "-m", "8", "-W"]
+            if target_is_zero:
+                argv.append("--target-is-zero")
+            convert(runner, argv + [source, nbd.url],
+                    what="writing %s to %s on hypervisor %s" % (source, target, hv.label),
+                    hint="The target is incomplete; run the restore again with force=true to overwrite it.",
+                    progress=progress)
+    finally:
+        progress.close()
 
 
 def data_bytes(runner, path):

@@ -112,6 +112,12 @@ options:
     type: list
     elements: str
     default: []
+  progress_file:
+    description:
+      - A file on the backup node where the transfer writes its progress (bytes done, percent,
+        rate, estimate) about once a second while it runs, and removes it at the end. The
+        C(vmbackup.libvirt.progress) callback shows these files in the playbook output.
+    type: path
   ready_timeout:
     description: Seconds to wait for qemu-nbd and the SSH forward to be ready.
     type: int

@@ -1,0 +1,109 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: progress
+type: notification
+short_description: Show the progress of vmbackup transfers while they run
+version_added: 0.1.0
+description:
+  - While a M(vmbackup.libvirt.disk_transfer) or M(vmbackup.libvirt.rbd_transfer) task runs,
+    prints every few seconds the progress its transfers write on the backup node - bytes done,
+    percent, rate and estimated time left - so long backups and restores do not look stuck.
+  - Reads the progress files in O(directory), which is where the backup and restore roles
+    have the transfers write them. This works when the backup node is the controller (the
+    default); with another backup node only the results at the end are shown.
+requirements:
+  - Enable it, for example with C(ANSIBLE_CALLBACKS_ENABLED=vmbackup.libvirt.progress).
+options:
+  directory:
+    description: Where the transfers write their progress files.
+    type: path
+    default: ~/.ansible/vmbackup-progress
+    env:
+      - name: VMBACKUP_PROGRESS_DIR
+    ini:
+      - section: vmbackup
+        key: progress_dir
+  interval:
+    description: Seconds between two progress lines.
+    type: float
+    default: 5
+    env:
+      - name: VMBACKUP_PROGRESS_INTERVAL
+    ini:
+      - section: vmbackup
+        key: progress_interval
+"""
+
+import glob
+import json
+import os
+import threading
+
+from ansible.plugins.callback import CallbackBase
+
+TRANSFER_ACTIONS = ("disk_transfer", "rbd_transfer")
+
+
+def human(n):
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return "%.1f %s" % (n, unit)
+        n /= 1024
+    return "%.1f TiB" % n  # pragma: no cover
+
+
+def describe(state):
+    parts = ["%s done" % human(state.get("done"))]
+    if state.get("percent") is not None:
+        parts.append("%.0f%%" % state["percent"])
+    if state.get("rate"):
+        parts.append("%s/s" % human(state["rate"]))
+    if state.get("eta") is not None:
+        parts.append("about %ds left" % state["eta"])
+    return "%s: %s" % (state.get("label", "?"), ", ".join(parts))
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "vmbackup.libvirt.progress"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stop = None
+        self._thread = None
+
+    def _poll(self, stop, directory, interval):
+        while not stop.wait(interval):
+            for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+                try:
+                    with open(path) as fh:
+                        state = json.load(fh)
+                except (OSError, ValueError):
+                    continue
+                self._display.display("  [progress] %s" % describe(state))
+
+    def _halt(self):
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._stop = self._thread = None
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._halt()
+        if task.action.split(".")[-1] in TRANSFER_ACTIONS:
+            directory = os.path.expanduser(self.get_option("directory"))
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True,
+                                            args=(self._stop, directory, float(self.get_option("interval"))))
+            self._thread.start()
+
+    def v2_playbook_on_stats(self, stats):
+        self._halt()
