@@ -23,7 +23,7 @@ ARGUMENT_SPEC = dict(
     force=dict(type="bool", default=False),
     verify=dict(type="list", elements="dict", default=[]),
     progress_file=dict(type="path"),
-    **transfer.CONNECTION_ARGSPEC
+    **dict(transfer.CONNECTION_ARGSPEC, **transfer.DATA_CHANNEL_ARGSPEC)
 )
 
 REQUIRED_IF = [

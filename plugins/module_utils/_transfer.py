@@ -47,6 +47,13 @@ CONNECTION_ARGSPEC = dict(
     ready_timeout=dict(type="int", default=60),
 )
 
+# The plain TCP data channel (disk_transfer only).
+DATA_CHANNEL_ARGSPEC = dict(
+    data_channel=dict(type="str", default="ssh", choices=["ssh", "tcp"]),
+    tcp_address=dict(type="str"),
+    tcp_port=dict(type="int", default=0),
+)
+
 
 def sha256_file(path):
     digest = hashlib.sha256()
@@ -77,6 +84,11 @@ class Hypervisor:
         self.known_hosts = os.path.expanduser(params.get("known_hosts") or "~/.ssh/known_hosts")
         self.extra = params.get("ssh_options") or []
         self.ready_timeout = params.get("ready_timeout") or 60
+        # tcp: bulk data over plain NBD/TCP to an address of the hypervisor (trusted networks
+        # only: no encryption); the SSH session still sets it up and tears it down.
+        self.channel = params.get("data_channel") or "ssh"
+        self.tcp_address = params.get("tcp_address") or self.host or "127.0.0.1"
+        self.tcp_port = params.get("tcp_port") or 0
         if self.transport == "ssh":
             if not self.host:
                 raise VmbackupError("ssh_host is required with transport=ssh")
@@ -146,7 +158,11 @@ def ssh_failure_message(hv, stderr):
 
 
 class NbdExport:
-    """qemu-nbd on the hypervisor, its unix socket reachable on the node at ``self.url``."""
+    """qemu-nbd on the hypervisor, reachable on the node at ``self.url``.
+
+    By default through its unix socket, forwarded by the SSH session that started it; with
+    the tcp data channel, on a TCP port of the hypervisor's address (one client, then it exits).
+    """
 
     def __init__(self, hv, image, fmt, writable=False):
         self.hv = hv
@@ -157,15 +173,20 @@ class NbdExport:
         tag = uuid.uuid4().hex[:12]
         self.local_socket = os.path.join(self.tmpdir, "nbd.sock")
         self.remote_socket = self.local_socket if hv.transport == "local" else "/tmp/vmbackup-nbd-%s.sock" % tag
+        self.tcp = hv.transport == "ssh" and hv.channel == "tcp"
+        self.port = hv.tcp_port or 20000 + int(tag[:4], 16) % 20000
         self.proc = None
 
     @property
     def url(self):
+        if self.tcp:
+            return "nbd://%s:%d/" % (self.hv.tcp_address, self.port)
         return "nbd+unix:///?socket=%s" % self.local_socket
 
     def _nbd_argv(self):
-        argv = ["qemu-nbd", "--fork", "--pid-file=%s.pid" % self.remote_socket, "-f", self.fmt,
-                "-k", self.remote_socket, "--cache=none" if self.writable else "--cache=writeback"]
+        where = ["-b", self.hv.tcp_address, "-p", str(self.port)] if self.tcp else ["-k", self.remote_socket]
+        argv = ["qemu-nbd", "--fork", "--pid-file=%s.pid" % self.remote_socket, "-f", self.fmt] + where + [
+                "--cache=none" if self.writable else "--cache=writeback"]
         if self.writable:
             argv += ["--discard=unmap", "--detect-zeroes=unmap"]
         else:
@@ -182,6 +203,8 @@ class NbdExport:
         if self.hv.transport == "local":
             argv = ["sh", "-c", script]
             self.proc = self.hv.runner.spawn(argv, stdin=-1)
+        elif self.tcp:
+            self.proc = self.hv.runner.spawn(self.hv.ssh_argv() + [script], stdin=-1, resolve=True)
         else:
             argv = self.hv.ssh_argv(forward="%s:%s" % (self.local_socket, self.remote_socket)) + [script]
             self.proc = self.hv.runner.spawn(argv, stdin=-1, resolve=True)
@@ -199,6 +222,8 @@ class NbdExport:
                     break
                 buf += chunk
                 if READY.encode() in buf:
+                    if self.tcp:
+                        return
                     # The forward is up once ssh authenticated; wait for the node-side socket too.
                     for _i in range(100):
                         if os.path.exists(self.local_socket):
@@ -341,32 +366,27 @@ def pull_full(runner, hv, image, fmt, dest, progress_file=None):
 def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
     """Stream the frozen overlay ``image`` and rebase it onto ``parent_image`` (in the repository)."""
     part = dest + ".part"
-    sent = 0
     progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest))
     try:
-        if hv.transport == "local":
-            src = open(image, "rb")
-            proc = None
+        if hv.transport == "ssh" and hv.channel == "tcp":
+            # The overlay file's bytes, served raw over the TCP data channel.
+            with NbdExport(hv, image, "raw") as nbd:
+                convert(runner, ["qemu-img", "convert", "-f", "raw", "-O", "raw", nbd.url, part],
+                        what="copying %s from hypervisor %s" % (image, hv.label),
+                        hint="If the connection dropped, run the backup again; nothing was kept.",
+                        progress=Progress(progress.path, progress.label, watch=part))
+        elif hv.transport == "local":
+            _copy_stream(open(image, "rb"), part, progress)
         else:
             proc = hv.runner.spawn(hv.command_argv(["cat", "--", image]))
-            src = proc.stdout
-        with src, open(part, "wb") as out:
-            while True:
-                block = src.read(CHUNK)
-                if not block:
-                    break
-                out.write(block)
-                sent += len(block)
-                progress.update(done=sent)
-            out.flush()
-            os.fsync(out.fileno())
-        if proc is not None:
+            _copy_stream(proc.stdout, part, progress)
             err = proc.stderr.read().decode("utf-8", "replace")
             if proc.wait() != 0:
                 if proc.returncode == 255:
                     raise VmbackupError(ssh_failure_message(hv, err))
                 raise VmbackupError("reading %s on hypervisor %s failed (rc=%s): %s"
                                     % (image, hv.label, proc.returncode, err.strip()))
+        sent = os.path.getsize(part)
         rel = os.path.relpath(parent_image, os.path.dirname(dest))
         runner.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", rel, "-F", "qcow2", part],
                    what="linking the delta of %s to its parent backup" % image)
@@ -386,6 +406,21 @@ def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
     finally:
         progress.close()
     return {"mode": "delta", "bytes_sent": sent}
+
+
+def _copy_stream(src, path, progress):
+    """Copy a byte stream into ``path`` in constant memory, fsynced."""
+    sent = 0
+    with src, open(path, "wb") as out:
+        while True:
+            block = src.read(CHUNK)
+            if not block:
+                break
+            out.write(block)
+            sent += len(block)
+            progress.update(done=sent)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def push(runner, hv, source, target, target_format, target_is_zero=False, progress_file=None, source_format="qcow2"):

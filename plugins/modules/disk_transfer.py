@@ -112,6 +112,22 @@ options:
     type: list
     elements: str
     default: []
+  data_channel:
+    description:
+      - V(ssh) carries the data inside the SSH connection (encrypted).
+      - V(tcp) carries it over plain NBD/TCP to O(tcp_address):O(tcp_port) of the hypervisor, for
+        trusted backup networks where encryption costs too much. The SSH session still starts
+        and stops the server (C(qemu-nbd), one client, then it exits); checksums are the same.
+    type: str
+    choices: [ssh, tcp]
+    default: ssh
+  tcp_address:
+    description: The hypervisor's address the TCP data channel binds to and the node connects to. Default O(ssh_host).
+    type: str
+  tcp_port:
+    description: The TCP port of the data channel; V(0) picks one between 20000 and 39999.
+    type: int
+    default: 0
   progress_file:
     description:
       - A file on the backup node where the transfer writes its progress (bytes done, percent,
