@@ -28,7 +28,7 @@ description:
     If one C(lvcreate) fails, the snapshots made before it are removed again.
   - O(state=checked) reads the fill level of each snapshot after the transfer and
     fails if a snapshot is missing or invalid (a thick snapshot whose
-    copy-on-write space overflowed while it was read: its content is not the
+    copy-on-write space overflowed while it was read; its content is not the
     state at the snapshot any more, and the backup must not be committed).
   - Volume groups and volumes are read with one C(lvs --reportformat json); lvm2
     older than 2.02.158 has no JSON reports and gets a clear error.
