@@ -64,7 +64,9 @@ def backup_manifest(vm, snapshot, transfers, parent=None):
     disks = []
     for result in _results(transfers):
         item = result["item"]
-        if "target" not in item:  # an rbd_transfer loops over rbd_export results
+        if isinstance(item, (list, tuple)):  # LVM: (disk, snapshot) pairs
+            item = item[0]
+        elif "target" not in item:  # an rbd_transfer loops over rbd_export results
             item = dict(item["item"], size=item.get("size"))
         target = item["target"]
         chain = chains.get(target, {})

@@ -91,6 +91,9 @@ def restore_plan(backup, chain, name, disk_map=None, directory=""):
                 path = os.path.join(folder, "%s-%s.%s" % (name, target, EXTENSIONS.get(fmt, fmt)))
             elif kind == "rbd" and renamed:
                 path = "%s/%s-%s" % (source.rsplit("/", 1)[0], name, target)
+            elif kind == "block" and backend == "block" and renamed:
+                # A new LV in the volume group the disk came from.
+                path = "%s/%s-%s" % (os.path.dirname(source), name, target)
             else:
                 path = source
         links = _disk_chain(chain, target)
