@@ -10,6 +10,7 @@ import datetime
 import os
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import full_due
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
     FORMAT_VERSION,
     Repository,
@@ -26,6 +27,8 @@ ARGUMENT_SPEC = dict(
     manifest=dict(type="dict"),
     domain_xml=dict(type="str"),
     files=dict(type="dict", default={}),
+    full_every=dict(type="int", default=0),
+    full_every_days=dict(type="int", default=0),
 )
 
 REQUIRED_IF = [
@@ -72,10 +75,12 @@ def run(module):
         backup_id = p["backup_id"] or new_backup_id()
         backups = repo.backups(vm, usable_only=True)
         parent = with_paths(repo, backups[-1]) if backups else None
+        due, reason = full_due(backups, p["full_every"], p["full_every_days"])
         partial = repo.partial_dir(vm, backup_id)
         if not module.check_mode:
             repo.begin(vm, backup_id)
         return {"changed": True, "backup_id": backup_id, "dir": partial, "parent": parent,
+                "full_due": due and bool(parent), "full_reason": reason,
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if action == "clean":
         partial = repo.partials(vm)

@@ -70,6 +70,14 @@ options:
     description: For V(commit), extra files (for example the NVRAM) as name to base64 content.
     type: dict
     default: {}
+  full_every:
+    description: For V(begin), say a full backup is due every N backups (RV(full_due)); V(0) never.
+    type: int
+    default: 0
+  full_every_days:
+    description: For V(begin), say a full backup is due when the newest full one is this many days old; V(0) never.
+    type: int
+    default: 0
 """
 
 EXAMPLES = r"""
@@ -98,6 +106,14 @@ backup_id:
 dir:
   description: The backup's directory (partial for V(begin), final for V(commit)).
   returned: action=begin or action=commit
+  type: str
+full_due:
+  description: Whether this backup must be a full one under O(full_every) / O(full_every_days).
+  returned: action=begin
+  type: bool
+full_reason:
+  description: Why (or why not).
+  returned: action=begin
   type: str
 parent:
   description: The latest complete backup (manifest with paths), or V(null).
