@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Regenerate docs/roles.md from every role's meta/argument_specs.yml: python3 docs/tools/gen_roles_md.py"""
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ import time
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
-    MANIFEST,
     PARTIAL_PREFIX,
     Repository,
     parse_time,

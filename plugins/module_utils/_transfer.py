@@ -185,8 +185,8 @@ class NbdExport:
 
     def _nbd_argv(self):
         where = ["-b", self.hv.tcp_address, "-p", str(self.port)] if self.tcp else ["-k", self.remote_socket]
-        argv = ["qemu-nbd", "--fork", "--pid-file=%s.pid" % self.remote_socket, "-f", self.fmt] + where + [
-                "--cache=none" if self.writable else "--cache=writeback"]
+        argv = ["qemu-nbd", "--fork", "--pid-file=%s.pid" % self.remote_socket, "-f", self.fmt] + where
+        argv.append("--cache=none" if self.writable else "--cache=writeback")
         if self.writable:
             argv += ["--discard=unmap", "--detect-zeroes=unmap"]
         else:

@@ -186,8 +186,12 @@ stored_bytes:
   returned: direction=backup and not check mode
   type: int
 duration:
-  description: Seconds the transfer took.
+  description: Seconds the transfer took (without reading the stored image back for its checksum).
   returned: changed and not check mode
+  type: float
+checksum_duration:
+  description: Seconds spent reading the stored image back for its sha256.
+  returned: direction=backup, changed and not check mode
   type: float
 target:
   description: The restored target.
