@@ -65,7 +65,7 @@ def backup_manifest(vm, snapshot, transfers, parent=None):
     for result in _results(transfers):
         item = result["item"]
         if isinstance(item, (list, tuple)):  # LVM: (disk, snapshot) pairs
-            item = item[0]
+            item = dict(item[0], size=item[1].get("virtual_size"))
         elif "target" not in item:  # an rbd_transfer loops over rbd_export results
             item = dict(item["item"], size=item.get("size"))
         target = item["target"]

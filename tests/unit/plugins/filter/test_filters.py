@@ -1,0 +1,84 @@
+"""The backup_manifest and restore_plan filters: pure functions over registered results."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.vmbackup.libvirt.plugins.filter.backup_manifest import backup_manifest
+from ansible_collections.vmbackup.libvirt.plugins.filter.restore_plan import restore_plan
+
+VM = {
+    "name": "web1", "state": "running", "autostart": True, "persistent": True, "hypervisor": "kvm",
+    "nvram": None, "uuid": "u-1",
+    "disks": [
+        {"target": "vda", "backend": "file", "source": "/img/web1.vmbackup-A.qcow2", "format": "qcow2", "virtual_size": 100},
+        {"target": "vdb", "backend": "block", "source": "/dev/vg0/web1-data", "format": "raw", "virtual_size": None},
+        {"target": "vdc", "backend": "rbd", "source": "rbd/web1-c", "format": "raw", "virtual_size": 300,
+         "hosts": [{"name": "10.0.0.1", "port": "6789"}], "auth": {"username": "vm", "secret_uuid": "s-1"}},
+    ],
+}
+SNAPSHOT = {"disks": [{"target": "vda", "base": "/img/web1.qcow2", "base_format": "qcow2", "virtual_size": 100}],
+            "excluded": [{"target": "hdc", "reason": "device is a cdrom"}]}
+FILE = {"results": [{"item": {"target": "vda"}, "mode": "delta", "file": "/r/.partial-B/vda.qcow2", "sha256": "a",
+                     "stored_bytes": 10, "bytes_sent": 9}]}
+LVM = {"results": [{"item": [{"target": "vdb"}, {"virtual_size": 200}], "mode": "full", "file": "/r/.partial-B/vdb.qcow2",
+                    "sha256": "b", "stored_bytes": 20, "bytes_sent": 20}]}
+RBD = {"results": [{"item": {"item": {"target": "vdc"}, "size": 300}, "mode": "full", "file": "/r/.partial-B/vdc.rbddiff",
+                    "sha256": "c", "stored_bytes": 30, "bytes_sent": 30, "fallback_reason": "snapshot gone"}]}
+
+
+def test_manifest_combines_all_backends():
+    m = backup_manifest(VM, SNAPSHOT, [FILE, LVM, RBD, {"skipped": True, "results": []}], "A")
+    disks = {d["target"]: d for d in m["disks"]}
+    assert m["type"] == "incremental" and m["parent"] == "A"
+    assert disks["vda"]["source"] == "/img/web1.qcow2"  # the base, not the kept overlay
+    assert disks["vdb"] == dict(disks["vdb"], backend="block", virtual_size=200, file="vdb.qcow2", mode="full")
+    assert disks["vdc"]["file"] == "vdc.rbddiff" and disks["vdc"]["fallback_reason"] == "snapshot gone"
+    assert disks["vdc"]["auth"]["secret_uuid"] == "s-1"
+    assert m["excluded"] == SNAPSHOT["excluded"]
+
+
+def test_manifest_all_full_has_no_parent():
+    m = backup_manifest(VM, SNAPSHOT, LVM, "A")
+    assert m["type"] == "full" and m["parent"] is None
+
+
+def _chain():
+    full = {"backup_id": "A", "disks": [
+        {"target": "vda", "mode": "full", "image": "/r/A/vda.qcow2", "sha256": "1"},
+        {"target": "vdc", "mode": "full", "image": "/r/A/vdc.rbddiff", "sha256": "2"}]}
+    inc = {"backup_id": "B", "vm": "web1", "disks": [
+        {"target": "vda", "mode": "delta", "image": "/r/B/vda.qcow2", "sha256": "3", "backend": "file",
+         "source": "/img/web1.qcow2", "format": "qcow2", "virtual_size": 100},
+        {"target": "vdb", "mode": "full", "image": "/r/B/vdb.qcow2", "sha256": "4", "backend": "block",
+         "source": "/dev/vg0/web1-data", "format": "raw", "virtual_size": 200},
+        {"target": "vdc", "mode": "incremental", "image": "/r/B/vdc.rbddiff", "sha256": "5", "backend": "rbd",
+         "source": "rbd/web1-c", "format": "raw", "virtual_size": 300}]}
+    return inc, [full, inc]
+
+
+def test_plan_same_name_goes_where_it_came_from():
+    backup, chain = _chain()
+    plan = {p["target"]: p for p in restore_plan(backup, chain, "web1")}
+    assert plan["vda"]["path"] == "/img/web1.qcow2" and plan["vda"]["type"] == "file"
+    assert plan["vdb"]["path"] == "/dev/vg0/web1-data" and plan["vdb"]["type"] == "block"
+    assert plan["vdc"]["path"] == "rbd/web1-c" and plan["vdc"]["type"] == "rbd"
+    # Each disk's chain starts at its own last full backup.
+    assert [v["sha256"] for v in plan["vda"]["verify"]] == ["1", "3"]
+    assert [v["sha256"] for v in plan["vdb"]["verify"]] == ["4"]
+    assert [v["sha256"] for v in plan["vdc"]["verify"]] == ["2", "5"]
+
+
+def test_plan_new_name_and_mapping():
+    backup, chain = _chain()
+    plan = {p["target"]: p for p in restore_plan(backup, chain, "web1-test", {"vdc": {"type": "file", "format": "qcow2"}},
+                                                 "/restore")}
+    assert plan["vda"]["path"] == "/restore/web1-test-vda.qcow2"
+    assert plan["vdb"]["path"] == "/dev/vg0/web1-test-vdb"
+    assert plan["vdc"] == dict(plan["vdc"], type="file", path="/restore/web1-test-vdc.qcow2", format="qcow2")
+
+
+def test_plan_refuses_file_into_rbd():
+    backup, chain = _chain()
+    with pytest.raises(ValueError, match="not supported"):
+        restore_plan(backup, chain, "x", {"vda": {"type": "rbd", "path": "rbd/x"}})
