@@ -186,7 +186,9 @@ class NbdExport:
     def _nbd_argv(self):
         where = ["-b", self.hv.tcp_address, "-p", str(self.port)] if self.tcp else ["-k", self.remote_socket]
         argv = ["qemu-nbd", "--fork", "--pid-file=%s.pid" % self.remote_socket, "-f", self.fmt] + where
-        argv.append("--cache=none" if self.writable else "--cache=writeback")
+        # writeback, not none: O_DIRECT fails on tmpfs, ZFS and others; qemu-nbd flushes
+        # (fsync) before it exits, and qemu-img convert asks for a flush at the end.
+        argv.append("--cache=writeback")
         if self.writable:
             argv += ["--discard=unmap", "--detect-zeroes=unmap"]
         else:
