@@ -90,8 +90,13 @@ def restore(module, runner, hv):
         hv.run(["qemu-img", "create", "-q", "-f", p["format"], target, str(p["size"])],
                "creating %s" % target)
         created = True
-    transfer.push(runner, hv, p["repo_image"], target, p["format"], target_is_zero=created,
-                  progress_file=p["progress_file"])
+    try:
+        transfer.push(runner, hv, p["repo_image"], target, p["format"], target_is_zero=created,
+                      progress_file=p["progress_file"])
+    except Exception:
+        if created:  # an incomplete target of ours must not look like a restored disk
+            hv.run(["rm", "-f", "--", target], "removing the incomplete %s" % target, check_rc=False)
+        raise
     return {"changed": True, "target": target, "created": created,
             "duration": round(time.time() - start, 3)}
 

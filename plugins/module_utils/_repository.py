@@ -150,27 +150,31 @@ class Repository:
     def select(self, vm, backup="latest", before=None):
         """The manifest of the backup to restore: ``latest``, an ID, or the newest at or before a time."""
         backups = self.backups(vm, usable_only=True)
+        usable = ", ".join(m["backup_id"] for m in backups) or "none"
+        explicit = backup not in (None, "", "latest") and not before
+        if explicit:
+            for m in backups:
+                if m["backup_id"] == backup:
+                    return m
+            if self.manifest(vm, backup) is not None:
+                damage = self.damage(vm, backup)
+                why = "; ".join((damage or {}).get("problems", [])) or "it builds on a damaged or missing backup"
+                raise VmbackupError("backup %s of VM %s is damaged (%s); restore another one (usable: %s)"
+                                    % (backup, vm, why, usable))
+            raise VmbackupError("backup %s of VM %s is not in repository %s (usable backups: %s)"
+                                % (backup, vm, self.path, usable))
         if not backups:
-            raise VmbackupError("repository %s holds no complete, undamaged backup of VM %s" % (self.path, vm))
+            damaged = [m for m in self.backups(vm) if not m.get("usable")]
+            raise VmbackupError("repository %s holds no complete, undamaged backup of VM %s%s" % (
+                self.path, vm, " (damaged: %s)" % ", ".join(m["backup_id"] for m in damaged) if damaged else ""))
         if before:
             limit = parse_time(before)
             eligible = [m for m in backups if parse_time(m["backup_id"]) <= limit]
             if not eligible:
-                raise VmbackupError("no backup of VM %s at or before %s (oldest is %s)"
+                raise VmbackupError("no usable backup of VM %s at or before %s (oldest is %s)"
                                     % (vm, before, backups[0]["backup_id"]))
             return eligible[-1]
-        if backup in (None, "", "latest"):
-            return backups[-1]
-        for m in backups:
-            if m["backup_id"] == backup:
-                return m
-        damage = self.damage(vm, backup) if os.path.isdir(self.backup_dir(vm, backup)) else None
-        if damage is not None or self.manifest(vm, backup) is not None:
-            why = "; ".join((damage or {}).get("problems", [])) or "see verify"
-            raise VmbackupError("backup %s of VM %s is damaged or builds on a damaged backup (%s); restore "
-                                "another one (usable: %s)" % (backup, vm, why, ", ".join(m["backup_id"] for m in backups)))
-        raise VmbackupError("backup %s of VM %s is not in repository %s (usable backups: %s)"
-                            % (backup, vm, self.path, ", ".join(m["backup_id"] for m in backups)))
+        return backups[-1]
 
     # --- writing ----------------------------------------------------------------
     def begin(self, vm, backup_id):
