@@ -32,7 +32,6 @@ SUPPORTED_BACKENDS = ("file", "block", "rbd")
 RUNTIME_XPATHS = (
     "./devices/*/alias",
     "./seclabel[@type='dynamic']",
-    "./devices/*/source/@startupPolicy-runtime",
 )
 
 
@@ -332,8 +331,6 @@ class Domain:
         """Remove what only a running domain's XML carries."""
         for path in RUNTIME_XPATHS:
             for el in self.root.xpath(path):
-                if isinstance(el, str):
-                    continue
                 el.getparent().remove(el)
         self.root.attrib.pop("id", None)
         for disk in self.root.findall("devices/disk"):
