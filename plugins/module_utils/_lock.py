@@ -9,6 +9,9 @@ start time, so a reused PID is not mistaken for the owner). A lock is stale, and
 when that process is gone, when it is older than ``stale_after``, or when ``break_from``
 names the node that holds it: a run that holds the node's lock for the VM knows that an
 earlier run from the same node is dead.
+
+With ``slots`` the lock is one of N files ``PATH.1`` .. ``PATH.N``: a counting semaphore that
+bounds how many backups run at once on one hypervisor or node (the backup playbook's limits).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ ARGUMENT_SPEC = dict(
     break_from=dict(type="str", default=""),
     wait=dict(type="int", default=0),
     stale_after=dict(type="int", default=86400),
+    slots=dict(type="int", default=0),
 )
 
 
@@ -99,49 +103,82 @@ def describe(lock):
         lock.get("host"), ", process %s" % lock["pid"] if lock.get("pid") else "")
 
 
+def slot_paths(params):
+    if params["slots"] < 1:
+        return [params["path"]]
+    return ["%s.%d" % (params["path"], i) for i in range(1, params["slots"] + 1)]
+
+
+def _release(module, paths, owner):
+    released = []
+    for path in paths:
+        lock = read_lock(path)
+        if lock is not None and lock.get("owner") == owner:
+            if not module.check_mode:
+                os.unlink(path)
+            released.append(path)
+    return {"changed": bool(released), "held": False, "path": released[0] if released else None}
+
+
+def _try_take(module, path, params, content):
+    """Take PATH if it is free, ours or stale: (held, broken stale lock or None, holder or None)."""
+    lock = read_lock(path)
+    if lock is not None and lock.get("owner") == params["owner"]:
+        return "ours", None, None
+    broken = None
+    if lock is not None:
+        reason = stale_reason(lock, params, time.time())
+        if reason is None:
+            return None, None, lock
+        broken = "broke the stale lock of %s: %s" % (describe(lock), reason)
+        if not module.check_mode:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    if module.check_mode:
+        return "taken", broken, None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None, broken, read_lock(path) or {"owner": "?", "created": time.time()}  # lost a race
+    with os.fdopen(fd, "w") as fh:
+        json.dump(content, fh)
+    return "taken", broken, None
+
+
 def run(module):
     p = module.params
-    path = p["path"]
+    paths = slot_paths(p)
     if p["state"] == "absent":
-        lock = read_lock(path)
-        if lock is None or lock.get("owner") != p["owner"]:
-            return {"changed": False, "held": False}
-        if not module.check_mode:
-            os.unlink(path)
-        return {"changed": True, "held": False}
+        return _release(module, paths, p["owner"])
 
+    pid = playbook_process()
+    content = {"owner": p["owner"], "purpose": p["purpose"], "node": p["node"], "host": socket.gethostname(),
+               "pid": pid, "pid_start": _proc_start(pid) if pid else None, "created": time.time()}
     deadline = time.time() + p["wait"]
-    broken = None
     while True:
-        lock = read_lock(path)
-        if lock is not None and lock.get("owner") == p["owner"]:
-            return {"changed": False, "held": True, "broke_stale": broken}
-        if lock is not None:
-            reason = stale_reason(lock, p, time.time())
-            if reason is None:
-                if time.time() < deadline:
-                    time.sleep(2)
-                    continue
-                raise VmbackupError(
-                    "%s is locked by %s; this run (%s) waited %ss. Try again when it has finished; if that "
-                    "run is dead, run the vmbackup.libvirt.cleanup playbook or remove %s."
-                    % (p["purpose"] or path, describe(lock), p["owner"], p["wait"], path))
-            broken = "broke the stale lock of %s: %s" % (describe(lock), reason)
-            if not module.check_mode:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-        if module.check_mode:
-            return {"changed": True, "held": False, "broke_stale": broken}
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        pid = playbook_process()
-        content = {"owner": p["owner"], "purpose": p["purpose"], "node": p["node"], "host": socket.gethostname(),
-                   "pid": pid, "pid_start": _proc_start(pid) if pid else None, "created": time.time()}
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue  # another run won the race; look again
-        with os.fdopen(fd, "w") as fh:
-            json.dump(content, fh)
-        return {"changed": True, "held": True, "broke_stale": broken}
+        holders = []
+        for path in paths:
+            outcome, broken, holder = _try_take(module, path, p, content)
+            if outcome == "ours":
+                return {"changed": False, "held": True, "broke_stale": None, "path": path}
+            if outcome == "taken":
+                if module.check_mode:
+                    return {"changed": True, "held": False, "broke_stale": broken, "path": path}
+                return {"changed": True, "held": True, "broke_stale": broken, "path": path}
+            holders.append(holder)
+        if time.time() < deadline:
+            time.sleep(1 if p["slots"] > 0 else 2)
+            continue
+        what = p["purpose"] or p["path"]
+        if p["slots"] > 0:
+            raise VmbackupError(
+                "All %d slots for %s are taken (by %s); this run (%s) waited %ss. Raise the limit or the "
+                "wait; if those runs are dead, remove %s.*."
+                % (p["slots"], what, "; ".join(describe(h) for h in holders), p["owner"], p["wait"], p["path"]))
+        raise VmbackupError(
+            "%s is locked by %s; this run (%s) waited %ss. Try again when it has finished; if that "
+            "run is dead, run the vmbackup.libvirt.cleanup playbook or remove %s."
+            % (what, describe(holders[0]), p["owner"], p["wait"], p["path"]))

@@ -19,6 +19,9 @@ description:
     module runs on the controller) is gone, when it is older than O(stale_after), or when
     O(break_from) names the node that took it (a run holding the node's lock knows an earlier
     run from that node is dead).
+  - With O(slots), the lock is any one of the files C(PATH.1) .. C(PATH.N), so at most N runs
+    hold it at once. The backup playbook bounds parallel backups per hypervisor and per node this
+    way; each VM's backup takes a slot with its own O(owner).
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
@@ -66,6 +69,12 @@ options:
     description: Seconds after which any lock counts as stale.
     type: int
     default: 86400
+  slots:
+    description:
+      - V(0) for one lock file at O(path); N for a pool of N lock files C(PATH.1) .. C(PATH.N),
+        of which this owner takes the first free one (or releases the one it holds).
+    type: int
+    default: 0
 """
 
 EXAMPLES = r"""
@@ -75,6 +84,15 @@ EXAMPLES = r"""
     owner: "{{ run_id }}"
     purpose: backup of VM web1
     wait: 60
+
+- name: Take one of two backup slots of hypervisor hv1 (waiting up to a day)
+  vmbackup.libvirt.backup_lock:
+    path: ~/.ansible/vmbackup-slots/hypervisor-hv1
+    slots: 2
+    owner: "{{ run_id }}:web1"
+    wait: 86400
+  delegate_to: localhost
+  register: slot
 """
 
 RETURN = r"""
@@ -85,6 +103,10 @@ held:
 broke_stale:
   description: The stale lock that was broken, and why, or V(null).
   returned: state=present
+  type: str
+path:
+  description: The lock file taken or released (with O(slots), which of the pool), or V(null).
+  returned: always
   type: str
 """
 

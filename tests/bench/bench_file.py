@@ -274,6 +274,13 @@ def _run(opts, res, wd, images, repo, refs, size, data, doms):
     res["full"]["ours_transfer"]["stored"] = B.disk_usage(out)
     os.unlink(out)
 
+    log("file: the transfer alone over the plain TCP data channel (set up through SSH)")
+    hv_tcp = transfer.Hypervisor(runner, dict(B.hv_params(), data_channel="tcp", tcp_address=B.HV1["address"]))
+    direct_tcp = B.measure_call(lambda: transfer.pull_full(runner, hv_tcp, frozen, "qcow2", out),
+                                "pull_full over tcp", hv_rss=True)
+    res["full"]["ours_transfer_tcp"] = dict(_m(direct_tcp), stored=B.disk_usage(out))
+    os.unlink(out)
+
     log("file: reference qemu-img convert, local")
     out = os.path.join(refs, "local.qcow2")
     local = B.measure(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2", frozen, out], 1800,
@@ -412,6 +419,13 @@ def report(res):
              r(ratio(full["ours_module_duration"], fwd)) + " fwd", "", "", "", ""],
             ["full", "ours: transfer alone (pull_full)", B.fmt_s(tr["seconds"]), r(ratio(tr["seconds"], fwd)) + " fwd",
              "", B.fmt_b(tr["stored"]), r(ratio(tr["stored"], alloc)), B.fmt_mb(tr["peak_rss_mb"])],
+        ]
+        if full.get("ours_transfer_tcp"):
+            tcp = full["ours_transfer_tcp"]
+            rows += [["full", "ours: transfer alone, tcp data channel", B.fmt_s(tcp["seconds"]),
+                      r(ratio(tcp["seconds"], fwd)) + " fwd, " + r(ratio(tcp["seconds"], tr["seconds"])) + " ssh",
+                      "", B.fmt_b(tcp["stored"]), r(ratio(tcp["stored"], alloc)), B.fmt_mb(tcp["peak_rss_mb"])]]
+        rows += [
             ["full", "ref: qemu-img convert, local", B.fmt_s(full["ref_local"]["seconds"]), "", "",
              B.fmt_b(full["ref_local"]["stored"]), r(ratio(full["ref_local"]["stored"], alloc)),
              B.fmt_mb(full["ref_local"]["peak_rss_mb"])],

@@ -2,9 +2,10 @@
 invocation on this machine's test bed (issues 3 and 6). Prints ratios against references run in
 the same invocation, and peak memory; writes build/bench/results.json.
 
-    .venv/bin/python tests/bench/run.py [file] [rbd] [lvm] [--size-gib 16] [--data-gib 4] [--big]
+    .venv/bin/python tests/bench/run.py [file] [rbd] [lvm] [parallel] [--size-gib 16] [--data-gib 4] [--big]
 
-Sections (default all): file (issue 3), rbd (issue 6), lvm (tests/bench/bench_lvm.py, if present).
+Sections (default all): file (issue 3), rbd (issue 6), lvm (tests/bench/bench_lvm.py, if present),
+parallel (issue 8: four VMs on two hypervisors, one at a time and two per hypervisor).
 ansible-playbook runs use ANSIBLE_PIPELINING=1. See tests/bench/README.md.
 """
 
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
 from benchlib import log  # noqa: E402
 
-SECTIONS = ("file", "rbd", "lvm")
+SECTIONS = ("file", "rbd", "lvm", "parallel")
 
 
 def parse(argv):
@@ -34,6 +35,8 @@ def parse(argv):
     ap.add_argument("--file", action="store_true", help="run the file section")
     ap.add_argument("--rbd", action="store_true", help="run the rbd section")
     ap.add_argument("--lvm", action="store_true", help="run the lvm section (tests/bench/bench_lvm.py)")
+    ap.add_argument("--parallel", action="store_true", help="run the parallel section (4 VMs, 2 hypervisors)")
+    ap.add_argument("--par-data-mib", type=int, default=512, help="data in each VM of the parallel section (default 512)")
     ap.add_argument("--size-gib", type=int, default=16, help="virtual size of the file disk (default 16)")
     ap.add_argument("--data-gib", type=int, default=4, help="random data in it (default 4)")
     ap.add_argument("--write-mib", type=int, default=256, help="guest writes before the incremental (default 256)")
@@ -104,6 +107,11 @@ def main(argv=None):
                 res = bench_rbd.run_section(opts, results)
                 reports.append(bench_rbd.report(res))
                 verdicts += [("rbd", *v) for v in bench_rbd.targets(res)]
+            elif section == "parallel":
+                import bench_parallel
+                res = bench_parallel.run_section(opts, results)
+                reports.append(bench_parallel.report(res))
+                verdicts += [("parallel", *v) for v in bench_parallel.targets(res)]
             elif section == "lvm":
                 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_lvm.py")
                 if not os.path.exists(path):
@@ -147,7 +155,7 @@ def main(argv=None):
         print(rep)
         print()
     if verdicts:
-        print("Targets (issues 3 and 6):")
+        print("Targets (issues 3, 6 and 8):")
         print(B.table([[s, t, v, "info" if p is None else ("PASS" if p else "MISS")] for s, t, v, p in verdicts],
                       ["section", "target", "value", "result"]))
     for section, err in results["errors"].items():
@@ -172,7 +180,7 @@ def reprint(path):
         print()
         verdicts += [("rbd", *v) for v in bench_rbd.targets(results["rbd"])]
     if verdicts:
-        print("Targets (issues 3 and 6):")
+        print("Targets (issues 3, 6 and 8):")
         print(B.table([[s, t, v, "info" if p is None else ("PASS" if p else "MISS")] for s, t, v, p in verdicts],
                       ["section", "target", "value", "result"]))
     for section, err in results.get("errors", {}).items():

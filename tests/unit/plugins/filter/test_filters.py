@@ -82,3 +82,24 @@ def test_plan_refuses_file_into_rbd():
     backup, chain = _chain()
     with pytest.raises(ValueError, match="not supported"):
         restore_plan(backup, chain, "x", {"vda": {"type": "rbd", "path": "rbd/x"}})
+
+
+def test_backup_jobs_interleave_the_hypervisors():
+    from ansible_collections.vmbackup.libvirt.plugins.filter.backup_jobs import backup_jobs
+    jobs = backup_jobs({"hv1": ["a", "b", "c"], "hv2": ["d"], "hv3": [], "hv4": ["e", "f"]})
+    assert [(j["hypervisor"], j["vm"]) for j in jobs] == [
+        ("hv1", "a"), ("hv2", "d"), ("hv4", "e"), ("hv1", "b"), ("hv4", "f"), ("hv1", "c")]
+    assert backup_jobs({}) == []
+
+
+def test_backup_run_results_count_a_host_without_a_result_as_failed():
+    from ansible_collections.vmbackup.libvirt.plugins.filter.backup_run_results import backup_run_results
+    hostvars = {
+        "a@hv1": {"_vmbackup_job": {"vm": "a", "hypervisor": "hv1"},
+                  "_backup_results": [{"vm": "a", "hypervisor": "hv1", "result": "ok"}]},
+        "b@hv2": {"_vmbackup_job": {"vm": "b", "hypervisor": "hv2"}},
+    }
+    results = backup_run_results(["a@hv1", "b@hv2"], hostvars)
+    assert results[0] == {"vm": "a", "hypervisor": "hv1", "result": "ok"}
+    assert results[1]["vm"] == "b" and results[1]["result"] == "failed"
+    assert "stopped before it recorded a result" in results[1]["error"] and "b@hv2" in results[1]["error"]
