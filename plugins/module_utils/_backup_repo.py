@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import os
+import re
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import full_due
@@ -20,7 +22,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository impor
 ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),
     vm=dict(type="str"),
-    action=dict(type="str", required=True, choices=["begin", "commit", "abort", "clean", "list", "select"]),
+    action=dict(type="str", required=True, choices=["begin", "commit", "abort", "clean", "list", "select", "report"]),
     backup_id=dict(type="str"),
     backup=dict(type="str", default="latest"),
     before=dict(type="str"),
@@ -29,6 +31,9 @@ ARGUMENT_SPEC = dict(
     files=dict(type="dict", default={}),
     full_every=dict(type="int", default=0),
     full_every_days=dict(type="int", default=0),
+    clean=dict(type="bool", default=False),
+    report=dict(type="dict"),
+    report_name=dict(type="str"),
 )
 
 REQUIRED_IF = [
@@ -37,7 +42,10 @@ REQUIRED_IF = [
     ("action", "abort", ["vm", "backup_id"]),
     ("action", "clean", ["vm"]),
     ("action", "select", ["vm"]),
+    ("action", "report", ["report", "report_name"]),
 ]
+
+REPORT_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
 
 
 def summary(manifest):
@@ -71,8 +79,14 @@ def run(module):
         chain = repo.chain(vm, manifest["backup_id"])
         return {"changed": False, "backup": with_paths(repo, manifest),
                 "chain": [with_paths(repo, m) for m in chain]}
+    if action == "report":
+        return write_report(module, repo, p["report_name"], p["report"])
     if action == "begin":
         backup_id = p["backup_id"] or new_backup_id()
+        # With clean (the VM's lock is held): partial backups of dead runs go first.
+        removed = repo.partials(vm) if p["clean"] else []
+        if removed and not module.check_mode:
+            repo.clean(vm)
         backups = repo.backups(vm, usable_only=True)
         parent = with_paths(repo, backups[-1]) if backups else None
         due, reason = full_due(backups, p["full_every"], p["full_every_days"])
@@ -81,6 +95,7 @@ def run(module):
             repo.begin(vm, backup_id)
         return {"changed": True, "backup_id": backup_id, "dir": partial, "parent": parent,
                 "full_due": due and bool(parent), "full_reason": reason,
+                "removed": removed, "complete": [m["backup_id"] for m in backups],
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if action == "clean":
         partial = repo.partials(vm)
@@ -118,3 +133,20 @@ def run(module):
         return {"changed": True, "manifest": manifest}
     final = repo.commit(vm, p["backup_id"], manifest, files)
     return {"changed": True, "manifest": manifest, "dir": final}
+
+
+def write_report(module, repo, name, report):
+    """REPO/report-NAME-latest.json, replaced atomically (a reader never sees half of it)."""
+    if not REPORT_NAME_RE.match(name):
+        raise VmbackupError("invalid report name %r (letters, digits, '.', '_', '@', '-')" % name)
+    path = os.path.join(repo.path, "report-%s-latest.json" % name)
+    if module.check_mode:
+        return {"changed": True, "report_path": path}
+    repo.ensure()
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(report, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return {"changed": True, "report_path": path}

@@ -45,6 +45,7 @@ ARGUMENT_SPEC = dict(
     snapshot=dict(type="str"),
     state=dict(type="str", default="present", choices=["present", "kept", "absent", "merged", "repaired"]),
     valid_snapshots=dict(type="list", elements="str", default=[]),
+    repair=dict(type="bool", default=False),
     disks=dict(type="list", elements="str"),
     quiesce=dict(type="str", default="off", choices=["required", "preferred", "off"]),
     overlay_dir=dict(type="path"),
@@ -417,6 +418,13 @@ def run(module):
     snap = KvmSnapshot(module)
     snap.load()
     before = _chains_text(snap)
+    repaired = []
+    if state == "present" and module.params["repair"]:
+        # What state=repaired does, first, in the same run (one module run less per backup).
+        snap.repaired(set(module.params["valid_snapshots"]))
+        repaired = list(snap.actions)
+        if snap.changed and not module.check_mode:
+            snap.load()
     if state == "present":
         snap.present(snapshot)
     elif state == "kept":
@@ -427,4 +435,7 @@ def run(module):
         snap.repaired(set(module.params["valid_snapshots"]))
     else:
         snap.merged()
-    return snap.result(before)
+    out = snap.result(before)
+    if state == "present":
+        out["repaired"] = repaired
+    return out

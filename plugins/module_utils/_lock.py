@@ -23,6 +23,7 @@ import socket
 import time
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import makedirs_private
 
 ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),
@@ -138,7 +139,7 @@ def _try_take(module, path, params, content):
                 pass
     if module.check_mode:
         return "taken", broken, None
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    makedirs_private(os.path.dirname(path))  # the first lock may create the repository: keep it private
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

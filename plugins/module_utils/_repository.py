@@ -51,6 +51,23 @@ def parse_time(value):
     return parsed
 
 
+def makedirs_private(path):
+    """Create path and its missing parents with mode 0700 (os.makedirs gives 0700 to the leaf only)."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+
+
 class Repository:
     def __init__(self, path):
         self.path = os.path.abspath(os.path.expanduser(path))
@@ -177,7 +194,12 @@ class Repository:
         return backups[-1]
 
     # --- writing ----------------------------------------------------------------
+    def ensure(self):
+        """The repository directory, created private (0700) when it is missing."""
+        makedirs_private(self.path)
+
     def begin(self, vm, backup_id):
+        self.ensure()
         final = self.backup_dir(vm, backup_id)
         if os.path.exists(final):
             raise VmbackupError("backup %s of VM %s already exists in %s" % (backup_id, vm, self.path))

@@ -45,9 +45,11 @@ options:
         and returns the usable backups' IDs as RV(complete).
       - V(list) lists complete backups (of O(vm), or of every VM) and partial ones.
       - V(select) finds the backup to restore (O(backup), O(before)) and its chain.
+      - V(report) writes O(report) as C(report-NAME-latest.json) (NAME is O(report_name)) in the
+        repository, replacing the earlier one atomically.
     type: str
     required: true
-    choices: [begin, commit, abort, clean, list, select]
+    choices: [begin, commit, abort, clean, list, select, report]
   backup_id:
     description: The backup's ID. V(begin) makes one from the current UTC time when omitted.
     type: str
@@ -78,6 +80,18 @@ options:
     description: For V(begin), say a full backup is due when the newest full one is this many days old; V(0) never.
     type: int
     default: 0
+  clean:
+    description:
+      - For V(begin), first remove every partial backup of O(vm), as V(clean) does (take the VM's
+        lock first), and return RV(removed) and RV(complete).
+    type: bool
+    default: false
+  report:
+    description: For V(report), the report (for example C(hypervisor) and C(results)).
+    type: dict
+  report_name:
+    description: For V(report), the name in the file name, usually the hypervisor's inventory name.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -86,6 +100,7 @@ EXAMPLES = r"""
     path: /srv/vmbackup
     vm: web1
     action: begin
+    clean: true  # this run holds web1's lock: partial backups of dead runs can go
   register: begun
 
 - name: The newest backup of web1 taken before noon, with its chain
@@ -125,12 +140,12 @@ manifest:
   type: dict
 removed:
   description: Partial backups removed.
-  returned: action=clean
+  returned: action=clean or action=begin
   type: list
   elements: str
 complete:
   description: IDs of the usable complete backups (not damaged, chain whole), oldest first.
-  returned: action=clean
+  returned: action=clean or action=begin
   type: list
   elements: str
 backups:
@@ -151,6 +166,10 @@ chain:
   returned: action=select
   type: list
   elements: dict
+report_path:
+  description: The report file written.
+  returned: action=report
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -65,10 +65,19 @@ options:
     default: present
   valid_snapshots:
     description:
-      - For O(state=repaired), the snapshot IDs whose backups are complete in the repository.
+      - For O(state=repaired) (and O(state=present) with O(repair)), the snapshot IDs whose
+        backups are complete in the repository.
     type: list
     elements: str
     default: []
+  repair:
+    description:
+      - With O(state=present), first do what O(state=repaired) does (with O(valid_snapshots)),
+        in the same run. The backup role uses it for VMs whose disks are all files, which are
+        not frozen around the snapshot (for the others, a repair inside the freeze would make it
+        longer).
+    type: bool
+    default: false
   disks:
     description:
       - Targets (vda, sdb...) of the file disks to snapshot. Default all file disks.
@@ -129,6 +138,11 @@ running:
 actions:
   description: What was done (or would be, in check mode).
   returned: always
+  type: list
+  elements: str
+repaired:
+  description: With O(state=present), the part of RV(actions) that O(repair) did.
+  returned: state=present
   type: list
   elements: str
 disks:

@@ -1,0 +1,50 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""backup_repo's begin (with clean) and report actions on a real directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _backup_repo
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+
+
+class FakeModule:
+    def __init__(self, check_mode=False, **params):
+        self.check_mode = check_mode
+        self.params = dict((k, v.get("default")) for k, v in _backup_repo.ARGUMENT_SPEC.items())
+        self.params.update(params)
+
+
+def test_begin_creates_a_private_repository_and_cleans_dead_partials(tmp_path):
+    repo = str(tmp_path / "new" / "repo")
+    first = _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id="20261122T010000Z"))
+    assert first["removed"] == [] and first["complete"] == [] and first["parent"] is None
+    assert stat.S_IMODE(os.stat(repo).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(str(tmp_path / "new")).st_mode) == 0o700
+    assert os.path.isdir(first["dir"])
+    # A later run that holds the VM's lock: the dead run's partial goes first.
+    second = _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id="20261122T020000Z",
+                                         clean=True))
+    assert second["removed"] == ["20261122T010000Z"]
+    assert not os.path.exists(first["dir"]) and os.path.isdir(second["dir"])
+    # Without clean, partials stay.
+    third = _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id="20261122T030000Z"))
+    assert third["removed"] == [] and os.path.isdir(second["dir"])
+
+
+def test_report_is_written_whole_and_named_safely(tmp_path):
+    repo = str(tmp_path / "repo")
+    got = _backup_repo.run(FakeModule(path=repo, action="report", report_name="hv1",
+                                      report={"hypervisor": "hv1", "results": [{"vm": "a", "result": "ok"}]}))
+    with open(got["report_path"]) as fh:
+        assert json.load(fh)["results"] == [{"vm": "a", "result": "ok"}]
+    assert got["report_path"].endswith("report-hv1-latest.json")
+    assert not os.path.exists(got["report_path"] + ".tmp")
+    with pytest.raises(VmbackupError, match="invalid report name"):
+        _backup_repo.run(FakeModule(path=repo, action="report", report_name="../x", report={}))
