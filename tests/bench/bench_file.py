@@ -517,6 +517,11 @@ def report(res):
     return "\n".join(lines)
 
 
+def _at_most(target, ours, ref, factor=1.0):
+    """A target row: ours against a reference time, met when ours <= factor x ref."""
+    return (target, "%.2fx (%.1fs vs %.1fs)" % (ours / ref, ours, ref), ours <= factor * ref)
+
+
 def targets(res):
     """[(target, value text, PASS/MISS)] from issue 3."""
     out = []
@@ -524,28 +529,20 @@ def targets(res):
     if not full:
         return out
     fwd = full["ref_forwarded_nbd"]["seconds"]
-    tr = full["ours_transfer"]["seconds"]
-    out.append(("transfer <= 1.25x forwarded-NBD reference (pull_full)",
-                "%.2fx (%.1fs vs %.1fs)" % (tr / fwd, tr, fwd), tr <= 1.25 * fwd))
-    md = full["ours_module_duration"]
-    out.append(("  same, disk_transfer's own duration (incl. its sha256)",
-                "%.2fx (%.1fs vs %.1fs)" % (md / fwd, md, fwd), md <= 1.25 * fwd))
-    pb, vnb = full["ours_playbook"]["seconds"], full["ref_virtnbdbackup"]["seconds"]
-    out.append(("whole full backup no slower than virtnbdbackup (ours over SSH)",
-                "%.2fx (%.1fs vs %.1fs)" % (pb / vnb, pb, vnb), pb <= vnb))
-    if full.get("ours_playbook_local"):
-        pb = full["ours_playbook_local"]["seconds"]
-        out.append(("  same, node = hypervisor as virtnbdbackup's (local)",
-                    "%.2fx (%.1fs vs %.1fs)" % (pb / vnb, pb, vnb), pb <= vnb))
+    out.append(_at_most("transfer <= 1.25x forwarded-NBD reference (pull_full)", full["ours_transfer"]["seconds"],
+                        fwd, 1.25))
+    out.append(_at_most("  same, disk_transfer's own duration (incl. its sha256)", full["ours_module_duration"],
+                        fwd, 1.25))
+    for step, row in (("full", full), ("incremental", res.get("incremental"))):
+        if not row:
+            continue
+        vnb = row["ref_virtnbdbackup"]["seconds"]
+        out.append(_at_most("whole %s backup no slower than virtnbdbackup (ours over SSH)" % step,
+                            row["ours_playbook"]["seconds"], vnb))
+        if row.get("ours_playbook_local"):
+            out.append(_at_most("  same, node = hypervisor as virtnbdbackup's (local)",
+                                row["ours_playbook_local"]["seconds"], vnb))
     inc = res.get("incremental")
-    if inc:
-        pb, vnb = inc["ours_playbook"]["seconds"], inc["ref_virtnbdbackup"]["seconds"]
-        out.append(("whole incremental no slower than virtnbdbackup (ours over SSH)",
-                    "%.2fx (%.1fs vs %.1fs)" % (pb / vnb, pb, vnb), pb <= vnb))
-        if inc.get("ours_playbook_local"):
-            pb = inc["ours_playbook_local"]["seconds"]
-            out.append(("  same, node = hypervisor as virtnbdbackup's (local)",
-                        "%.2fx (%.1fs vs %.1fs)" % (pb / vnb, pb, vnb), pb <= vnb))
     alloc = res["allocated_bytes"]
     out.append(("stored <= 1.05x allocated (full)", "%.3fx" % (full["bytes_stored"] / alloc),
                 full["bytes_stored"] <= 1.05 * alloc))
