@@ -12,6 +12,7 @@ import os
 import re
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import full_due
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
     FORMAT_VERSION,
@@ -34,6 +35,10 @@ ARGUMENT_SPEC = dict(
     clean=dict(type="bool", default=False),
     report=dict(type="dict"),
     report_name=dict(type="str"),
+    lock_owner=dict(type="str"),
+    lock_purpose=dict(type="str", default=""),
+    lock_node=dict(type="str", default=""),
+    lock_wait=dict(type="int", default=0),
 )
 
 REQUIRED_IF = [
@@ -82,6 +87,8 @@ def run(module):
     if action == "report":
         return write_report(module, repo, p["report_name"], p["report"])
     if action == "begin":
+        # The VM's lock first (one module run instead of two): it makes the clean below safe.
+        lock = _lock.acquire(module, _repo_lock(repo, vm, p)) if p["lock_owner"] else None
         backup_id = p["backup_id"] or new_backup_id()
         # With clean (the VM's lock is held): partial backups of dead runs go first.
         removed = repo.partials(vm) if p["clean"] else []
@@ -96,7 +103,7 @@ def run(module):
         return {"changed": True, "backup_id": backup_id, "dir": partial, "parent": parent,
                 "full_due": due and bool(parent), "full_reason": reason,
                 "removed": removed, "complete": [m["backup_id"] for m in backups],
-                "started": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(), "lock": lock}
     if action == "clean":
         partial = repo.partials(vm)
         if partial and not module.check_mode:
@@ -107,7 +114,7 @@ def run(module):
         existed = os.path.isdir(repo.partial_dir(vm, p["backup_id"]))
         if existed and not module.check_mode:
             repo.abort(vm, p["backup_id"])
-        return {"changed": existed}
+        return {"changed": existed, "unlocked": _unlock(module, repo, vm, p)}
     # commit
     manifest = dict(p["manifest"])
     manifest.update({
@@ -132,7 +139,18 @@ def run(module):
     if module.check_mode:
         return {"changed": True, "manifest": manifest}
     final = repo.commit(vm, p["backup_id"], manifest, files)
-    return {"changed": True, "manifest": manifest, "dir": final}
+    return {"changed": True, "manifest": manifest, "dir": final, "unlocked": _unlock(module, repo, vm, p)}
+
+
+def _repo_lock(repo, vm, p):
+    return _lock.lock_params(repo.lock_path(vm), p["lock_owner"], p["lock_purpose"], p["lock_node"], p["lock_wait"])
+
+
+def _unlock(module, repo, vm, p):
+    """With lock_owner, give back the VM's lock (only if that owner holds it): whether it was released."""
+    if not p["lock_owner"]:
+        return False
+    return bool(_lock.release(module, _repo_lock(repo, vm, p))["path"])
 
 
 def write_report(module, repo, name, report):

@@ -149,37 +149,51 @@ def _try_take(module, path, params, content):
     return "taken", broken, None
 
 
-def run(module):
-    p = module.params
-    paths = slot_paths(p)
-    if p["state"] == "absent":
-        return _release(module, paths, p["owner"])
+def lock_params(path, owner, purpose="", node="", wait=0):
+    """The parameters of one plain lock, as the backup_lock module would take them."""
+    params = {k: spec.get("default") for k, spec in ARGUMENT_SPEC.items()}
+    params.update(path=path, owner=owner, purpose=purpose, node=node, wait=wait)
+    return params
 
+
+def release(module, params):
+    return _release(module, slot_paths(params), params["owner"])
+
+
+def acquire(module, params):
+    """Take the lock (or one of its slots), waiting up to ``wait`` seconds; VmbackupError if held."""
+    paths = slot_paths(params)
     pid = playbook_process()
-    content = {"owner": p["owner"], "purpose": p["purpose"], "node": p["node"], "host": socket.gethostname(),
-               "pid": pid, "pid_start": _proc_start(pid) if pid else None, "created": time.time()}
-    deadline = time.time() + p["wait"]
+    content = {"owner": params["owner"], "purpose": params["purpose"], "node": params["node"],
+               "host": socket.gethostname(), "pid": pid, "pid_start": _proc_start(pid) if pid else None,
+               "created": time.time()}
+    deadline = time.time() + params["wait"]
     while True:
         holders = []
         for path in paths:
-            outcome, broken, holder = _try_take(module, path, p, content)
+            outcome, broken, holder = _try_take(module, path, params, content)
             if outcome == "ours":
                 return {"changed": False, "held": True, "broke_stale": None, "path": path}
             if outcome == "taken":
-                if module.check_mode:
-                    return {"changed": True, "held": False, "broke_stale": broken, "path": path}
-                return {"changed": True, "held": True, "broke_stale": broken, "path": path}
+                return {"changed": True, "held": not module.check_mode, "broke_stale": broken, "path": path}
             holders.append(holder)
         if time.time() < deadline:
-            time.sleep(1 if p["slots"] > 0 else 2)
+            time.sleep(1 if params["slots"] > 0 else 2)
             continue
-        what = p["purpose"] or p["path"]
-        if p["slots"] > 0:
+        what = params["purpose"] or params["path"]
+        if params["slots"] > 0:
             raise VmbackupError(
                 "All %d slots for %s are taken (by %s); this run (%s) waited %ss. Raise the limit or the "
                 "wait; if those runs are dead, remove %s.*."
-                % (p["slots"], what, "; ".join(describe(h) for h in holders), p["owner"], p["wait"], p["path"]))
+                % (params["slots"], what, "; ".join(describe(h) for h in holders), params["owner"],
+                   params["wait"], params["path"]))
         raise VmbackupError(
             "%s is locked by %s; this run (%s) waited %ss. Try again when it has finished; if that "
             "run is dead, run the vmbackup.libvirt.cleanup playbook or remove %s."
-            % (what, describe(holders[0]), p["owner"], p["wait"], p["path"]))
+            % (what, describe(holders[0]), params["owner"], params["wait"], params["path"]))
+
+
+def run(module):
+    if module.params["state"] == "absent":
+        return release(module, module.params)
+    return acquire(module, module.params)

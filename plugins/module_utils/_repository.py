@@ -83,6 +83,10 @@ class Repository:
     def partial_dir(self, vm, backup_id):
         return os.path.join(self.vm_dir(vm), PARTIAL_PREFIX + backup_id)
 
+    def lock_path(self, vm):
+        """The VM's lock in this repository (held by the run that backs it up)."""
+        return os.path.join(self.path, ".locks", os.path.basename(self.vm_dir(vm)) + ".lock")
+
     # --- reading ----------------------------------------------------------------
     def vms(self):
         if not os.path.isdir(self.path):

@@ -92,16 +92,44 @@ options:
   report_name:
     description: For V(report), the name in the file name, usually the hypervisor's inventory name.
     type: str
+  lock_owner:
+    description:
+      - For V(begin), first take the VM's lock in the repository (C(.locks/VM.lock), as
+        M(vmbackup.libvirt.backup_lock) would) for this owner, usually the run's ID; fail naming the
+        holder if another live run holds it after O(lock_wait) seconds.
+      - For V(commit) and V(abort), give the lock back afterwards if this owner holds it (RV(unlocked)).
+    type: str
+  lock_purpose:
+    description: For V(begin) with O(lock_owner), what the lock is for (shown to a run that finds it held).
+    type: str
+    default: ""
+  lock_node:
+    description: For V(begin) with O(lock_owner), the backup node's name, recorded in the lock.
+    type: str
+    default: ""
+  lock_wait:
+    description: For V(begin) with O(lock_owner), seconds to wait for a lock held by another run.
+    type: int
+    default: 0
 """
 
 EXAMPLES = r"""
-- name: Begin a backup of web1
+- name: Begin a backup of web1, holding its lock in the repository
   vmbackup.libvirt.backup_repo:
     path: /srv/vmbackup
     vm: web1
     action: begin
+    lock_owner: "{{ run_id }}"
     clean: true  # this run holds web1's lock: partial backups of dead runs can go
   register: begun
+
+- name: Give up that backup and the lock
+  vmbackup.libvirt.backup_repo:
+    path: /srv/vmbackup
+    vm: web1
+    action: abort
+    backup_id: "{{ begun.backup_id }}"
+    lock_owner: "{{ run_id }}"
 
 - name: The newest backup of web1 taken before noon, with its chain
   vmbackup.libvirt.backup_repo:
@@ -166,6 +194,14 @@ chain:
   returned: action=select
   type: list
   elements: dict
+lock:
+  description: With O(lock_owner), the lock taken (C(held), C(broke_stale), C(path)); V(null) without.
+  returned: action=begin
+  type: dict
+unlocked:
+  description: Whether the VM's lock of O(lock_owner) was given back.
+  returned: action=commit or action=abort
+  type: bool
 report_path:
   description: The report file written.
   returned: action=report

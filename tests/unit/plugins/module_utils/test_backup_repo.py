@@ -48,3 +48,34 @@ def test_report_is_written_whole_and_named_safely(tmp_path):
     assert not os.path.exists(got["report_path"] + ".tmp")
     with pytest.raises(VmbackupError, match="invalid report name"):
         _backup_repo.run(FakeModule(path=repo, action="report", report_name="../x", report={}))
+
+
+def test_begin_takes_the_vms_lock_and_commit_or_abort_gives_it_back(tmp_path):
+    repo = str(tmp_path / "repo")
+    lock = os.path.join(repo, ".locks", "web1.lock")
+    begun = _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id="20261122T010000Z",
+                                        lock_owner="run-a", lock_purpose="backup of VM web1 on hv1", clean=True))
+    assert begun["lock"]["held"] and begun["lock"]["path"] == lock and os.path.exists(lock)
+    # Another live run cannot begin, and learns who holds the VM; its lock file stays the first run's.
+    with pytest.raises(VmbackupError, match=r"backup of VM web1 on hv1 is locked by run run-a \(backup of VM web1"):
+        _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", lock_owner="run-b", clean=True,
+                                    lock_purpose="backup of VM web1 on hv1"))
+    assert os.path.isdir(begun["dir"])
+    # Abort by another owner removes nothing of the lock; by the owner, it gives it back.
+    other = _backup_repo.run(FakeModule(path=repo, vm="web1", action="abort", backup_id="20261122T010000Z",
+                                        lock_owner="run-b"))
+    assert other["unlocked"] is False and os.path.exists(lock)
+    _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id="20261122T010000Z",
+                                lock_owner="run-a"))
+    manifest = {"type": "full", "parent": None, "disks": []}
+    done = _backup_repo.run(FakeModule(path=repo, vm="web1", action="commit", backup_id="20261122T010000Z",
+                                       manifest=manifest, domain_xml="<domain/>", lock_owner="run-a"))
+    assert done["unlocked"] is True and not os.path.exists(lock)
+    assert os.path.isdir(os.path.join(repo, "web1", "20261122T010000Z"))
+    # Now the second run can begin; its abort gives the lock back too.
+    second = _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id="20261122T020000Z",
+                                         lock_owner="run-b"))
+    assert second["parent"]["backup_id"] == "20261122T010000Z"
+    gone = _backup_repo.run(FakeModule(path=repo, vm="web1", action="abort", backup_id="20261122T020000Z",
+                                       lock_owner="run-b"))
+    assert gone["unlocked"] is True and gone["changed"] is True and not os.path.exists(lock)
