@@ -318,8 +318,7 @@ class KvmSnapshot:
                 self.virsh.run(["blockjob", self.name, target, "--abort"], check_rc=False)
             raise
         for target, top, base, doomed in batch:
-            self._reload_chain(target)
-            if top in [i["filename"] for i in self.chains[target].images]:
+            if not self._merged_away(target, top):
                 raise VmbackupError(
                     "merging %s into %s (disk %s of VM %s) failed on host %s: the block job ended but the image "
                     "is still in the disk's chain. The VM runs on that unchanged chain; see libvirtd's log for "
@@ -327,11 +326,23 @@ class KvmSnapshot:
             for path in doomed:
                 _remove(path)
 
+    def _merged_away(self, target, top, tries=5):
+        """Whether ``top`` has left the disk's chain (re-read a few times: the job's end may be
+        seen a moment before QEMU has rewritten the image above it)."""
+        for attempt in range(tries):
+            self._reload_chain(target)
+            if top not in [i["filename"] for i in self.chains[target].images]:
+                return True
+            if attempt + 1 < tries:
+                time.sleep(COMMIT_POLL * 4)
+        return False
+
     def _job_running(self, target):
-        out = self.virsh.run(["blockjob", self.name, target, "--info"],
+        # --raw prints " type=... cur=... end=..." on stdout while a job runs, and nothing (with -q)
+        # once it has ended; --info would print its progress on stderr.
+        out = self.virsh.run(["blockjob", self.name, target, "--raw"],
                              what="watching the merge of disk %s of VM %s" % (target, self.name))[1]
-        # With -q, virsh prints nothing for a disk without a job (without -q: "No current block job").
-        return bool(out.strip()) and "no current block job" not in out.lower()
+        return "type=" in out
 
     def _merge(self, target, merge_from, into, batch=None):
         """Merge the images from ``merge_from`` (inclusive, top first) down into ``into``.
