@@ -86,6 +86,16 @@ def guest_writes(dom, offsets, length):
     domains.guest_exec(dom, ["/bin/sh", "-c", script], timeout=900, check=True)
 
 
+def back_on_base(dom, base):
+    """Merge the overlay an earlier repository's backups kept (untimed): each full row then
+    measures a first full backup of a VM on its own image, as virtnbdbackup's does."""
+    import domains
+    for target, source in domains.domblklist(dom):
+        if source != base and ".vmbackup-" in source:
+            domains.virsh("blockcommit", dom, target, "--active", "--pivot", "--wait", "--base", base, timeout=600)
+            os.unlink(source)
+
+
 def latest_manifest(repo, vm):
     dirs = sorted(d for d in glob.glob(os.path.join(repo, vm, "2*")) if os.path.isdir(d))
     if not dirs:
@@ -374,6 +384,7 @@ def _run(opts, res, wd, images, repo, refs, size, data, doms):
     with open(ans.inventory, "w") as fh:
         fh.write("[hypervisors]\nlocalhost ansible_connection=local ansible_python_interpreter=%s\n" % B.HV_PYTHON)
     try:
+        back_on_base(DOM, src)
         log("file: our full backup with the backup node on the hypervisor (transport local)")
         lfull = ans.playbook("vmbackup.libvirt.backup", {"vmbackup_vms": DOM, "vmbackup_repository": local_repo},
                              "our full backup, node = hypervisor")
@@ -394,6 +405,7 @@ def _run(opts, res, wd, images, repo, refs, size, data, doms):
     # virtnbdbackup's remote mode takes (NBD over TCP): a full into a third repository.
     tcp_repo = os.path.join(wd, "repo-tcp")
     try:
+        back_on_base(DOM, src)
         log("file: our full backup over the plain TCP data channel")
         tcp_extra = dict(extra, vmbackup_repository=tcp_repo, vmbackup_data_channel="tcp")
         tfull = ans.playbook("vmbackup.libvirt.backup", tcp_extra, "our full backup, tcp data channel")
