@@ -353,7 +353,7 @@ def pull_full(runner, hv, image, fmt, dest, progress_file=None):
     what = "copying %s from hypervisor %s" % (image, hv.label)
     try:
         if hv.transport == "local":
-            # Node and hypervisor are one machine: read the frozen image itself, 1.7x faster here
+            # Node and hypervisor are one machine: read the frozen image itself, about 1.5x faster here
             # than through a local qemu-nbd (-U: the running VM holds it open as a read-only backing file).
             convert(runner, ["qemu-img", "convert", "-U", "-f", fmt] + out + [image, part], what=what,
                     hint="Check that the image is readable and the repository has room; nothing was kept.",
