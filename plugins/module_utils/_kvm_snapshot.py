@@ -272,14 +272,10 @@ class KvmSnapshot:
             os.unlink(tmp)
 
     # --- merging ---------------------------------------------------------------------
-    def _commit_running(self, target, top, base, active):
+    def _commit_active(self, target, top, base):
+        """Merge a running VM's active image down into ``base`` and pivot the disk onto it."""
         argv = ["blockcommit", self.name, target, "--wait", "--verbose",
-                "--timeout", str(self.params["commit_timeout"])]
-        if active:
-            argv += ["--active", "--pivot"]
-        else:
-            argv += ["--top", top]
-        argv += ["--base", base]
+                "--timeout", str(self.params["commit_timeout"]), "--active", "--pivot", "--base", base]
         try:
             self.virsh.run(argv, what="merging %s into %s (disk %s of VM %s)" % (top, base, target, self.name),
                            hint=BLOCKCOMMIT_HINT)
@@ -347,8 +343,8 @@ class KvmSnapshot:
     def _merge(self, target, merge_from, into, batch=None):
         """Merge the images from ``merge_from`` (inclusive, top first) down into ``into``.
 
-        With ``batch`` (a list), a running VM's merge below the active image is only added to
-        it, for _commit_batch.
+        A running VM's merge below the active image goes through _commit_batch: with ``batch``
+        (a list) it is only added to it, so that several disks merge at once; without, at once.
         """
         chain = self.chains[target]
         names = [i["filename"] for i in chain.images]
@@ -361,11 +357,14 @@ class KvmSnapshot:
         self.note("merge %s into %s" % (", ".join(doomed), into))
         if self.module.check_mode:
             return
-        if self.running and batch is not None and not active:
-            batch.append((target, merge_from, into, doomed))
+        if self.running and not active:
+            if batch is not None:
+                batch.append((target, merge_from, into, doomed))
+            else:
+                self._commit_batch([(target, merge_from, into, doomed)])
             return
         if self.running:
-            self._commit_running(target, merge_from, into, active)
+            self._commit_active(target, merge_from, into)
         else:
             if active:
                 self.runner.run(["qemu-img", "commit", "-q", "-d", "-b", into, merge_from],
