@@ -12,6 +12,7 @@ import os
 import re
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import full_due
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
@@ -70,6 +71,23 @@ def with_paths(repo, manifest):
 
 
 def run(module):
+    # Everything this module creates in the repository (directories, lock, manifest, files,
+    # reports) is root's alone from creation on.
+    with _files.private_umask():
+        return _run(module)
+
+
+def _make_private(module, repo):
+    """Create the repository or tighten its loose modes (with a warning naming each change)."""
+    if module.check_mode:
+        return []
+    warnings = repo.ensure()
+    for w in warnings:
+        module.warn(w)
+    return warnings
+
+
+def _run(module):
     p = module.params
     repo = Repository(p["path"])
     action = p["action"]
@@ -87,6 +105,7 @@ def run(module):
     if action == "report":
         return write_report(module, repo, p["report_name"], p["report"])
     if action == "begin":
+        mode_fixes = _make_private(module, repo)
         # The VM's lock first (one module run instead of two): it makes the clean below safe.
         lock = _lock.acquire(module, _repo_lock(repo, vm, p)) if p["lock_owner"] else None
         backup_id = p["backup_id"] or new_backup_id()
@@ -103,7 +122,8 @@ def run(module):
         return {"changed": True, "backup_id": backup_id, "dir": partial, "parent": parent,
                 "full_due": due and bool(parent), "full_reason": reason,
                 "removed": removed, "complete": [m["backup_id"] for m in backups],
-                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(), "lock": lock}
+                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(), "lock": lock,
+                "mode_fixes": mode_fixes}
     if action == "clean":
         partial = repo.partials(vm)
         if partial and not module.check_mode:
@@ -160,11 +180,7 @@ def write_report(module, repo, name, report):
     path = os.path.join(repo.path, "report-%s-latest.json" % name)
     if module.check_mode:
         return {"changed": True, "report_path": path}
-    repo.ensure()
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(report, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return {"changed": True, "report_path": path}
+    mode_fixes = _make_private(module, repo)
+    data = json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
+    _files.write_atomic(path, data.encode("utf-8"))
+    return {"changed": True, "report_path": path, "mode_fixes": mode_fixes}

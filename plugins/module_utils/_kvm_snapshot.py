@@ -35,6 +35,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
     VmbackupError,
 )
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import backing_path, image_chain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
 
@@ -248,9 +249,13 @@ class KvmSnapshot:
                 if disk.target not in todo:
                     continue
                 chain = self.chains[disk.target]
-                self.runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", chain.active["filename"],
-                                 "-F", chain.active["format"], todo[disk.target]],
-                                what="creating overlay for disk %s of VM %s" % (disk.target, self.name))
+                # The overlay receives the VM's writes: 0600 from creation on (umask 077 around
+                # qemu-img; libvirt gives its own overlays of running VMs 0600 too), and libvirt
+                # hands it to the qemu user when the VM starts.
+                with _files.private_umask():
+                    self.runner.run(overlay_create_argv(chain.active["filename"], chain.active["format"],
+                                                        todo[disk.target]),
+                                    what="creating overlay for disk %s of VM %s" % (disk.target, self.name))
                 created.append(todo[disk.target])
             self._redefine({t: (p, "qcow2") for t, p in todo.items()})
         except Exception:
@@ -509,3 +514,8 @@ def run(module):
     if state == "present":
         out["repaired"] = repaired
     return out
+
+
+def overlay_create_argv(backing, backing_format, overlay):
+    """qemu-img create of the overlay of a shut-off VM's disk (run under a 077 umask)."""
+    return ["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format, overlay]

@@ -141,7 +141,7 @@ def _try_take(module, path, params, content):
         return "taken", broken, None
     makedirs_private(os.path.dirname(path))  # the first lock may create the repository: keep it private
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return None, broken, read_lock(path) or {"owner": "?", "created": time.time()}  # lost a race
     with os.fdopen(fd, "w") as fh:

@@ -27,6 +27,7 @@ import tempfile
 import time
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _rbd as rbdlib
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
 
@@ -67,19 +68,7 @@ def _remote_execute(hv, timeout):
     return execute
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+_unlink = _files.unlink_quietly
 
 
 def _stream_failure(hv, rbd, image, what, argv, rc, err):
@@ -102,7 +91,7 @@ def backup(module, runner, hv, rbd):
         return {"changed": False, "file": dest, "image": image, "snapshot": name,
                 "mode": "incremental" if info["from_snap"] else "full",
                 "from_snapshot": info["from_snap"], "fallback_reason": None,
-                "sha256": transfer.sha256_file(dest), "stored_bytes": transfer.stored_bytes(dest),
+                "sha256": _files.sha256_file(dest), "stored_bytes": transfer.stored_bytes(dest),
                 "bytes_sent": 0, "data_bytes": info["data_bytes"], "size": info["size"],
                 "msg": "already transferred"}
     directory = os.path.dirname(dest)
@@ -142,7 +131,9 @@ def backup(module, runner, hv, rbd):
     sent = 0
     digest = hashlib.sha256()
     try:
-        with tempfile.TemporaryFile() as errf, open(part, "wb") as out:
+        # 0600 from creation on: the repository is root's alone.
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _files.FILE_MODE)
+        with tempfile.TemporaryFile() as errf, os.fdopen(fd, "wb") as out:
             proc = runner.spawn(argv, stdout=subprocess.PIPE, stderr=errf)
             try:
                 fd = proc.stdout.fileno()
@@ -173,7 +164,7 @@ def backup(module, runner, hv, rbd):
                 "the stream of rbd export-diff of %s from hypervisor %s goes from %s to %s, expected %s to %s; "
                 "nothing was kept" % (image, hv.label, info["from_snap"], info["to_snap"], from_snap, name))
         os.rename(part, dest)
-        _fsync_dir(directory)
+        _files.fsync_dir(directory)
     except OSError as exc:
         _unlink(part)
         if exc.errno == 28:

@@ -26,6 +26,7 @@ import re
 import shutil
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 
 MANIFEST = "manifest.json"
 # Written by verify beside the manifest of a backup whose data does not check out.
@@ -52,20 +53,8 @@ def parse_time(value):
 
 
 def makedirs_private(path):
-    """Create path and its missing parents with mode 0700 (os.makedirs gives 0700 to the leaf only)."""
-    path = os.path.abspath(path)
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
+    """Create path and its missing parents with mode 0700 (kept for callers; see _files)."""
+    return _files.makedirs_private(path)
 
 
 class Repository:
@@ -198,9 +187,24 @@ class Repository:
         return backups[-1]
 
     # --- writing ----------------------------------------------------------------
+    # Durable and private: every directory is 0700 and every file 0600 from creation on, and
+    # a backup becomes visible (manifest, rename) only after each file it names and each
+    # directory on its path is on stable storage.
     def ensure(self):
-        """The repository directory, created private (0700) when it is missing."""
-        makedirs_private(self.path)
+        """The repository directory, created private (0700) when missing, made private when looser.
+
+        Returns warnings (one per directory whose mode was tightened) for the module result.
+        """
+        _files.makedirs_private(self.path)
+        warnings = []
+        for path in [self.path] + [os.path.join(self.path, d) for d in self.vms()]:
+            loose = _files.loose_mode(path)
+            if loose is not None:
+                _files.make_private(path, _files.DIR_MODE)
+                warnings.append(
+                    "repository directory %s had mode %04o (readable by others than root); set it to %04o: "
+                    "backups hold whole disks and the domain XML's secrets" % (path, loose, _files.DIR_MODE))
+        return warnings
 
     def begin(self, vm, backup_id):
         self.ensure()
@@ -208,25 +212,38 @@ class Repository:
         if os.path.exists(final):
             raise VmbackupError("backup %s of VM %s already exists in %s" % (backup_id, vm, self.path))
         partial = self.partial_dir(vm, backup_id)
-        os.makedirs(partial, exist_ok=True)
+        # New directories are 0700 and their parents fsynced (the repository root when the VM's
+        # directory is new, the VM's directory for the partial one).
+        _files.makedirs_private(partial)
         return partial
 
     def commit(self, vm, backup_id, manifest, files):
-        """Write ``files`` ({name: bytes}) and the manifest, then make the backup visible."""
+        """Write ``files`` ({name: bytes}) and the manifest, then make the backup visible.
+
+        Order (what a crash may leave): every image and file fsynced, then the partial
+        directory fsynced, then the manifest (atomic), then the rename into place and an fsync
+        of the VM's directory and of the repository root. Before the rename, a crash leaves only
+        a partial directory; after it, every byte the manifest names is on stable storage.
+        """
         partial = self.partial_dir(vm, backup_id)
         if not os.path.isdir(partial):
             raise VmbackupError("backup %s of VM %s was not begun (no %s)" % (backup_id, vm, partial))
         for name, data in files.items():
-            _write_atomic(os.path.join(partial, name), data)
+            _files.write_atomic(os.path.join(partial, name), data)
         for disk in manifest.get("disks", []):
             path = os.path.join(partial, disk["file"])
             if not os.path.exists(path):
                 raise VmbackupError("disk image %s of backup %s is missing; the backup stays incomplete" % (path, backup_id))
-        _write_atomic(os.path.join(partial, MANIFEST),
-                      (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+            # Whoever wrote it (qemu-img, a stream), it is flushed and private before it is named.
+            _files.make_private(path, _files.FILE_MODE)
+            _files.fsync_file(path)
+        _files.fsync_dir(partial)
+        _files.write_atomic(os.path.join(partial, MANIFEST),
+                            (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
         final = self.backup_dir(vm, backup_id)
         os.rename(partial, final)
-        _fsync_dir(self.vm_dir(vm))
+        _files.fsync_dir(self.vm_dir(vm))
+        _files.fsync_dir(self.path)
         return final
 
     def clean(self, vm):
@@ -238,8 +255,8 @@ class Repository:
         return removed
 
     def mark_damaged(self, vm, backup_id, problems):
-        _write_atomic(os.path.join(self.backup_dir(vm, backup_id), DAMAGED),
-                      (json.dumps({"problems": problems}, indent=2) + "\n").encode("utf-8"))
+        _files.write_atomic(os.path.join(self.backup_dir(vm, backup_id), DAMAGED),
+                            (json.dumps({"problems": problems}, indent=2) + "\n").encode("utf-8"))
 
     def clear_damaged(self, vm, backup_id):
         try:
@@ -254,20 +271,3 @@ class Repository:
             shutil.rmtree(partial)
             return True
         return False
-
-
-def _write_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(tmp, path)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

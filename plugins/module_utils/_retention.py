@@ -29,7 +29,6 @@ the source and the chain below it go unless the policy keeps them for other poin
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ import struct
 import time
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
     PARTIAL_PREFIX,
     Repository,
@@ -295,6 +295,7 @@ def remove_backup(repo, vm, backup_id):
     final = repo.backup_dir(vm, backup_id)
     gone = os.path.join(repo.vm_dir(vm), DELETING_PREFIX + backup_id)
     os.rename(final, gone)
+    _files.fsync_dir(repo.vm_dir(vm))  # gone for good before any of its files is
     shutil.rmtree(gone)
 
 
@@ -342,6 +343,10 @@ def prune(module):
             result["changed"] = True
         if module.check_mode:
             continue
+        if removed or stale:
+            # Nothing older is deleted before everything kept (the newest backup above all) is on
+            # stable storage, whoever wrote it.
+            os.sync()
         for entry in removed:  # newest first: see plan()
             remove_backup(repo, vm, entry["backup_id"])
         for entry in stale:
@@ -360,11 +365,7 @@ def prune(module):
 # synthetic full
 
 def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return _files.sha256_file(path)
 
 
 def _next_id(repo, vm, backup_id):
@@ -379,6 +380,11 @@ def _next_id(repo, vm, backup_id):
             except ValueError:
                 pass
     return "%s-%d" % (base, n)
+
+
+def synthesize_argv(src, dest):
+    """qemu-img convert of a backup's chain into one standalone qcow2, its output flushed."""
+    return ["qemu-img", "convert", "-t", "writeback", "-f", "qcow2", "-O", "qcow2", src, dest]
 
 
 def synthesize(module):
@@ -425,17 +431,24 @@ def synthesize(module):
             t0 = time.time()
             # qemu-img follows the delta's backing chain (../PARENT/TARGET.qcow2 ...) and writes
             # one standalone, sparse image with the guest-visible content of the backup.
-            runner.run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", src, dest + ".part"],
-                       what="merging the chain of disk %s of backup %s" % (disk["target"], sid))
+            # -t writeback: flushed when qemu-img closes it (convert's default, unsafe, never
+            # flushes); the umask makes it 0600 from creation on; commit fsyncs it again.
+            with _files.private_umask():
+                runner.run(synthesize_argv(src, dest + ".part"),
+                           what="merging the chain of disk %s of backup %s" % (disk["target"], sid))
             runner.run(["qemu-img", "check", "-q", "-f", "qcow2", dest + ".part"],
                        what="checking the synthetic full image of disk %s" % disk["target"])
+            _files.fsync_file(dest + ".part")
             os.rename(dest + ".part", dest)
             stat = os.stat(dest)
             disks.append(dict(disk, mode="full", sha256=_sha256(dest), bytes_sent=0,
                               stored_bytes=stat.st_blocks * 512, duration=round(time.time() - t0, 3)))
+        # The domain XML and NVRAM go in through commit, which writes them 0600 and fsynced.
+        extra = {}
         for name in [source.get("domain_xml", "domain.xml")] + list(source.get("files") or []):
             if os.path.exists(os.path.join(sdir, name)):
-                shutil.copyfile(os.path.join(sdir, name), os.path.join(partial, name))
+                with open(os.path.join(sdir, name), "rb") as fh:
+                    extra[name] = fh.read()
         manifest = dict(source)
         manifest.update({
             "backup_id": new_id,
@@ -449,7 +462,7 @@ def synthesize(module):
             "bytes_stored": sum(d["stored_bytes"] for d in disks),
         })
         # The manifest is written last (commit), so a crash leaves only a partial directory.
-        repo.commit(vm, new_id, manifest, {})
+        repo.commit(vm, new_id, manifest, extra)
     except BaseException:
         repo.abort(vm, new_id)
         raise

@@ -18,7 +18,6 @@ SSH always checks host keys strictly against the given known_hosts file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import select
@@ -32,6 +31,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
     CommandError,
     VmbackupError,
 )
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 
 CHUNK = 1024 * 1024
 READY = "VMBACKUP-NBD-READY"
@@ -55,15 +55,17 @@ DATA_CHANNEL_ARGSPEC = dict(
 )
 
 
+# The cache mode of every image qemu-img writes into the repository. Without -t, qemu-img
+# convert uses "unsafe" for its output: it never flushes, so a crash after it "succeeded" can
+# lose the image. "writeback" goes through the page cache (O_DIRECT "none" fails on tmpfs, ZFS
+# and others) and flushes (fdatasync) when the image is closed; "writethrough" would flush
+# after every write, much slower for nothing more. The file is fsynced again before the
+# manifest names it (Repository.commit).
+OUTPUT_CACHE = "writeback"
+
+
 def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(CHUNK)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
+    return _files.sha256_file(path)
 
 
 def stored_bytes(path):
@@ -327,7 +329,17 @@ def _run_with_progress(runner, argv, progress):
     return proc.wait(), "", err
 
 
+def convert_argv(argv):
+    """``argv`` (qemu-img convert ...) with the output cache mode set (-t), unless it has one."""
+    argv = list(argv)
+    if argv[:2] == ["qemu-img", "convert"] and "-t" not in argv:
+        argv[2:2] = ["-t", OUTPUT_CACHE]
+    return argv
+
+
 def convert(runner, argv, what, hint, progress=None):
+    """Run qemu-img convert (its output flushed: see OUTPUT_CACHE), with progress when asked."""
+    argv = convert_argv(argv)
     try:
         if progress is not None and progress.path:
             rc, out, err = _run_with_progress(runner, argv, progress)
@@ -352,24 +364,30 @@ def pull_full(runner, hv, image, fmt, dest, progress_file=None):
     out = ["-O", "qcow2", "-o", "compat=1.1", "-m", "8", "-W"]
     what = "copying %s from hypervisor %s" % (image, hv.label)
     try:
-        if hv.transport == "local":
-            # Node and hypervisor are one machine: read the frozen image itself, about 1.5x faster here
-            # than through a local qemu-nbd (-U: the running VM holds it open as a read-only backing file).
-            convert(runner, ["qemu-img", "convert", "-U", "-f", fmt] + out + [image, part], what=what,
-                    hint="Check that the image is readable and the repository has room; nothing was kept.",
-                    progress=progress)
-        else:
-            with NbdExport(hv, image, fmt) as nbd:
-                convert(runner, ["qemu-img", "convert", "-f", "raw"] + out + [nbd.url, part], what=what,
-                        hint="If the connection dropped, run the backup again; nothing was kept.",
-                        progress=progress)
-        os.rename(part, dest)
+        with _files.private_umask():  # qemu-img creates the image 0600
+            _pull_full(runner, hv, image, fmt, part, out, what, progress)
+        _finish(part, dest)
     except Exception:
         _unlink(part)
         raise
     finally:
         progress.close()
     return {"mode": "full", "bytes_sent": data_bytes(runner, dest)}
+
+
+def _pull_full(runner, hv, image, fmt, part, out, what, progress):
+    """The copy itself: qemu-img convert from the image (local) or through qemu-nbd (ssh)."""
+    if hv.transport == "local":
+        # Node and hypervisor are one machine: read the frozen image itself, about 1.5x faster here
+        # than through a local qemu-nbd (-U: the running VM holds it open as a read-only backing file).
+        convert(runner, ["qemu-img", "convert", "-U", "-f", fmt] + out + [image, part], what=what,
+                hint="Check that the image is readable and the repository has room; nothing was kept.",
+                progress=progress)
+    else:
+        with NbdExport(hv, image, fmt) as nbd:
+            convert(runner, ["qemu-img", "convert", "-f", "raw"] + out + [nbd.url, part], what=what,
+                    hint="If the connection dropped, run the backup again; nothing was kept.",
+                    progress=progress)
 
 
 def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
@@ -379,7 +397,7 @@ def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
     try:
         if hv.transport == "ssh" and hv.channel == "tcp":
             # The overlay file's bytes, served raw over the TCP data channel.
-            with NbdExport(hv, image, "raw") as nbd:
+            with NbdExport(hv, image, "raw") as nbd, _files.private_umask():
                 convert(runner, ["qemu-img", "convert", "-f", "raw", "-O", "raw", nbd.url, part],
                         what="copying %s from hypervisor %s" % (image, hv.label),
                         hint="If the connection dropped, run the backup again; nothing was kept.",
@@ -397,12 +415,13 @@ def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
                                     % (image, hv.label, proc.returncode, err.strip()))
         sent = os.path.getsize(part)
         rel = os.path.relpath(parent_image, os.path.dirname(dest))
-        runner.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", rel, "-F", "qcow2", part],
+        # -t writeback: the header write is flushed when rebase closes the image.
+        runner.run(["qemu-img", "rebase", "-u", "-t", OUTPUT_CACHE, "-f", "qcow2", "-b", rel, "-F", "qcow2", part],
                    what="linking the delta of %s to its parent backup" % image)
         runner.run(["qemu-img", "check", "-q", "-f", "qcow2", part],
                    what="checking the delta of %s" % image,
                    hint="The overlay read from the hypervisor is not a valid qcow2; run a full backup.")
-        os.rename(part, dest)
+        _finish(part, dest)
     except OSError as exc:
         _unlink(part)
         if exc.errno == 28:
@@ -417,10 +436,19 @@ def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
     return {"mode": "delta", "bytes_sent": sent}
 
 
+def _finish(part, dest):
+    """Make a finished image durable and private, then give it its name (and fsync that name)."""
+    _files.make_private(part, _files.FILE_MODE)
+    _files.fsync_file(part)
+    os.rename(part, dest)
+    _files.fsync_dir(os.path.dirname(os.path.abspath(dest)))
+
+
 def _copy_stream(src, path, progress):
-    """Copy a byte stream into ``path`` in constant memory, fsynced."""
+    """Copy a byte stream into ``path`` (0600 from creation on) in constant memory, fsynced."""
     sent = 0
-    with src, open(path, "wb") as out:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _files.FILE_MODE)
+    with src, os.fdopen(fd, "wb") as out:
         while True:
             block = src.read(CHUNK)
             if not block:
@@ -456,7 +484,4 @@ def data_bytes(runner, path):
 
 
 def _unlink(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    _files.unlink_quietly(path)

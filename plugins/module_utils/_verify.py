@@ -10,7 +10,7 @@ import os
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandError, CommandRunner
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._rbd import RbdDiffError, scan_diff
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import Repository
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._transfer import sha256_file
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._files import sha256_file
 
 ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),

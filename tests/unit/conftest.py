@@ -33,6 +33,7 @@ Case format (YAML files under tests/unit/plugins/modules/fixtures/, see there)::
         - command: [virsh, -q, -c, "qemu:///system", domuuid, vm1]
           environ_update: {LC_ALL: C, LANG: C, LANGUAGE: C}   # optional check
           data: null             # optional check of stdin
+          umask: "077"           # optional check of the umask the command runs with (octal)
           rc: 0
           out: "..."
           err: ""
@@ -172,6 +173,11 @@ class RunCommandMock:
                         % (index + 1, kwargs.get("environ_update"), call["environ_update"]))
         if "data" in call and kwargs.get("data") != call["data"]:
             pytest.fail("command #%d: stdin %r, expected %r" % (index + 1, kwargs.get("data"), call["data"]))
+        if "umask" in call:
+            current = os.umask(0)
+            os.umask(current)
+            if current != int(str(call["umask"]), 8):
+                pytest.fail("command #%d ran with umask %04o, expected %s" % (index + 1, current, call["umask"]))
         if call.get("file_contains") or call.get("file_lacks"):
             with open(argv[-1]) as fh:
                 content = fh.read()

@@ -278,7 +278,7 @@ def test_synthesize_runs_qemu_img(repo, run_command):
     # verify=false: the fake images carry no sha256 in their manifests anyway.
     part = os.path.join(repo, "web1", ".partial-" + bid(5, suffix="-1"))
     calls = run_command([
-        {"command": ["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2",
+        {"command": ["qemu-img", "convert", "-t", "writeback", "-f", "qcow2", "-O", "qcow2",
                      os.path.join(repo, "web1", bid(5), "vda.qcow2"), part + "/vda.qcow2.part"], "rc": 0},
         {"command": ["qemu-img", "check", "-q", "-f", "qcow2", part + "/vda.qcow2.part"], "rc": 0},
     ])
