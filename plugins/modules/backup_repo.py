@@ -14,6 +14,13 @@ description:
     C(VM/.partial-ID/) and becomes visible as C(VM/ID/) only when its manifest
     has been written, last and atomically, so a failed or interrupted backup
     never looks complete and is never used as the parent of an incremental.
+  - Durable. V(commit) fsyncs every image the manifest names (and each extra file), then the
+    partial directory, then writes the manifest, renames the directory into place and fsyncs
+    the VM's directory and the repository root. A crash or power loss after it returns loses
+    nothing it reported complete.
+  - Private. Everything it creates is root's alone (directories 0700, files 0600, under a 077
+    umask). A repository root (or VM directory) that already exists with a looser mode is set
+    to 0700, with a warning naming the path and both modes (RV(mode_fixes)).
   - Runs on the backup node.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
@@ -206,6 +213,14 @@ report_path:
   description: The report file written.
   returned: action=report
   type: str
+mode_fixes:
+  description:
+    - Directories of the repository whose mode let others than the owner in, set to 0700 by
+      this run (each also a warning). Empty in check mode, which changes no mode.
+  returned: action=begin or action=report
+  type: list
+  elements: str
+  sample: ["repository directory /srv/backup had mode 0755 (readable by others than root); set it to 0700: ..."]
 """
 
 from ansible.module_utils.basic import AnsibleModule
