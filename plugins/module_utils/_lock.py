@@ -25,7 +25,8 @@ O_EXCL, so a run of an older version (without the guard) never overwrites a lock
 ``mode=shared`` takes a reader's lock instead: one file per reader, ``PATH.shared-HASH``.
 Any number of readers hold it at once; an exclusive lock is not granted while a live reader
 holds one, and no reader gets one while a live exclusive lock is held (restores read, prune
-and synthetic fulls take it exclusively).
+and synthetic fulls take it exclusively). ``mode=append`` is the one-holder lock of a run that
+only adds to what the lock protects (a backup): readers may come and go while it is held.
 
 With ``slots`` the lock is one of N files ``PATH.1`` .. ``PATH.N``: a counting semaphore that
 bounds how many backups run at once on one hypervisor or node (the backup playbook's limits).
@@ -53,7 +54,7 @@ ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),
     owner=dict(type="str", required=True),
     state=dict(type="str", default="present", choices=["present", "absent"]),
-    mode=dict(type="str", default="exclusive", choices=["exclusive", "shared"]),
+    mode=dict(type="str", default="exclusive", choices=["exclusive", "shared", "append"]),
     purpose=dict(type="str", default=""),
     node=dict(type="str", default=""),
     repository=dict(type="str", default=""),
@@ -243,20 +244,21 @@ def _try_take(module, params, content):
             state = _judge(module, base, params, now, broken)  # the writer's lock
             if state == "ours":
                 return "ours", base, broken, holders
-            if state != "free":
+            if state != "free" and state.get("mode") != "append":  # a backup only adds: readers may share
                 return None, None, broken, [state]
             if read_lock(mine) is not None:
                 return "ours", mine, broken, holders
             if not module.check_mode and not _create(mine, dict(content, mode="shared")):
                 return None, None, broken, [read_lock(mine) or {"owner": "?", "created": now}]
             return "taken", mine, broken, holders
-        if params["slots"] < 1:
+        if params["slots"] < 1 and params["mode"] == "exclusive":
             for reader in reader_paths(base):
                 state = _judge(module, reader, params, now, broken)
                 if state not in ("free", "ours"):
                     holders.append(state)
             if holders:
-                return None, None, broken, holders
+                state = _judge(module, base, params, now, broken)
+                return None, None, broken, holders + ([state] if state not in ("free", "ours") else [])
         for path in slot_paths(params):
             state = _judge(module, path, params, now, broken)
             if state == "ours":
@@ -320,8 +322,9 @@ def _clear_wait(params):
 
 def acquire(module, params):
     """Take the lock (or one of its slots), waiting up to ``wait`` seconds; VmbackupError if held."""
-    if params["mode"] == "shared" and params["slots"] > 0:
-        raise VmbackupError("backup_lock: mode=shared does not combine with slots (lock %s)" % params["path"])
+    if params["mode"] != "exclusive" and params["slots"] > 0:
+        raise VmbackupError("backup_lock: mode=%s does not combine with slots (lock %s)"
+                            % (params["mode"], params["path"]))
     pid = playbook_process()
     content = {"owner": params["owner"], "purpose": params["purpose"], "node": params["node"],
                "repository": params.get("repository") or "", "mode": params["mode"],

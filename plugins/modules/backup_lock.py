@@ -29,8 +29,11 @@ description:
     byte-range locks) and CephFS.
   - O(mode=shared) takes a reader's lock (a file C(PATH.shared-HASH) per owner). Any number of
     readers hold it at once; the exclusive lock is not granted while a live reader holds one,
-    and no reader gets one while the exclusive lock is held. Restores read a VM's backups under
-    a shared lock; backups, prune and synthetic fulls hold it exclusively.
+    and no reader gets one while the exclusive lock is held. O(mode=append) is a one-holder lock
+    like V(exclusive) that lets readers in meanwhile, for a run that only adds. In the repository,
+    restores read a VM's backups under a shared lock, a backup holds the VM's lock in V(append)
+    mode (it adds a backup and removes nothing a restore reads), and prune and synthetic fulls
+    hold it V(exclusive), so they neither start while a restore reads nor let one start.
   - With O(slots), the lock is any one of the files C(PATH.1) .. C(PATH.N), so at most N runs
     hold it at once. The backup playbook bounds parallel backups per hypervisor and per node this
     way; each VM's backup takes a slot with its own O(owner).
@@ -66,10 +69,11 @@ options:
     default: present
   mode:
     description:
-      - V(exclusive) for one holder (or one per slot); V(shared) for one of any number of readers
-        (see description). Not with O(slots).
+      - V(exclusive) for one holder (or one per slot) and no reader; V(shared) for one of any number
+        of readers; V(append) for one holder beside any readers (see description). Only V(exclusive)
+        with O(slots).
     type: str
-    choices: [exclusive, shared]
+    choices: [exclusive, shared, append]
     default: exclusive
   purpose:
     description: What the lock protects, for messages (for example C(backup of VM web1)).

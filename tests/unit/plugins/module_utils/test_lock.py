@@ -189,3 +189,19 @@ def test_a_waiting_run_says_who_holds_the_lock_and_how_long_it_waits(tmp_path):
         take(path, "run-a", state="absent")
         proc.join(30)
     assert not progress.exists() and json.loads(path.read_text())["owner"] == "run-b"
+
+
+def test_an_appending_holder_lets_readers_in_but_not_another_writer(tmp_path):
+    path = tmp_path / "web1.lock"
+    assert take(path, "backup-1", mode="append", purpose="backup of VM web1")["held"]
+    assert take(path, "restore-1", mode="shared")["held"]  # a backup removes nothing a restore reads
+    with pytest.raises(VmbackupError, match="locked by run restore-1 .*; run backup-1"):
+        take(path, "prune-1")
+    with pytest.raises(VmbackupError, match="locked by run backup-1"):
+        take(path, "backup-2", mode="append")
+    take(path, "backup-1", state="absent")
+    with pytest.raises(VmbackupError, match="locked by run restore-1"):
+        take(path, "prune-1")
+    assert take(path, "backup-2", mode="append")["held"]
+    with pytest.raises(VmbackupError, match="does not combine with slots"):
+        take(path, "x", mode="shared", slots=2)
