@@ -43,11 +43,11 @@ MANIFEST = "manifest.json"
 DAMAGED = "damaged.json"
 FORMAT_VERSION = 1
 PARTIAL_PREFIX = ".partial-"
-ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
-NAME_RE = re.compile(r"^[^/\x00]+$")
+ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?\Z")
+NAME_RE = re.compile(r"^[^/\x00]+\Z")
 # A file named by a manifest: one path component, no leading dot or dash.
-FILE_RE = re.compile(r"^[A-Za-z0-9_+@][A-Za-z0-9_.+@-]*$")
-TARGET_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+FILE_RE = re.compile(r"^[A-Za-z0-9_+@][A-Za-z0-9_.+@-]*\Z")
+TARGET_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 QCOW2_MAGIC = b"QFI\xfb"
 QCOW2_EXT_DATA_FILE = 0x44415441
 QCOW2_INCOMPAT_DATA_FILE = 1 << 2
@@ -419,6 +419,8 @@ class Repository:
                                     % (backup, vm, exc.msg, usable))
             if found is not None:
                 damage = self.damage(vm, backup)
+                if damage is None:
+                    self.chain(vm, backup)  # names the link that is damaged or missing
                 why = "; ".join((damage or {}).get("problems", [])) or "it builds on a damaged or missing backup"
                 raise VmbackupError("backup %s of VM %s is damaged (%s); restore another one (usable: %s)"
                                     % (backup, vm, why, usable))
