@@ -25,7 +25,7 @@ description:
     Partial backups (C(.partial-ID)) untouched for O(partial_max_age) and leftovers of an interrupted
     prune are removed too.
   - Each VM is pruned holding its lock in the repository (C(.locks/VM.lock), exclusive, as
-    M(vmbackup.libvirt.backup_lock) takes it): while a restore reads the VM's backups (a shared lock)
+    M(vmbackup.libvirt.backup_lock) takes it). While a restore reads the VM's backups (a shared lock)
     or a backup writes one, the prune of that VM waits up to O(lock_wait) seconds, then leaves the VM
     alone - nothing of it is removed - and names the run that holds it (RV(locked)); with
     O(fail_on_locked) the task fails after the other VMs are pruned. The plan is made under the lock.

@@ -102,7 +102,7 @@ options:
   lock_owner:
     description:
       - For V(begin), first take the VM's lock in the repository (C(.locks/VM.lock), as
-        M(vmbackup.libvirt.backup_lock) would, in its V(append) mode: restores may read meanwhile,
+        M(vmbackup.libvirt.backup_lock) would, in its V(append) mode, so restores may read meanwhile and
         prune and synthetic fulls wait) for this owner, usually the run's ID; fail naming the
         holder if another live run holds it after O(lock_wait) seconds.
       - For V(commit) and V(abort), give the lock back afterwards if this owner holds it (RV(unlocked)).
