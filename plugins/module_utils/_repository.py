@@ -102,7 +102,7 @@ def qcow2_header_names(path):
                 data_file = bool(incompat & QCOW2_INCOMPAT_DATA_FILE)
                 hlen = struct.unpack(">I", header[100:104])[0]
                 pos = hlen if hlen >= 104 else 104
-                for _ in range(64):  # header extensions, up to the end marker
+                for _ext in range(64):  # header extensions, up to the end marker
                     fh.seek(pos)
                     raw = fh.read(8)
                     if len(raw) < 8:

@@ -44,7 +44,6 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository impor
     PARTIAL_PREFIX,
     ManifestError,
     Repository,
-    check_id,
     parse_time,
     qcow2_backing,
 )

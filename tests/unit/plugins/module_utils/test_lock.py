@@ -96,7 +96,7 @@ def test_waiters_breaking_one_stale_lock_at_once_exactly_one_holds_it(tmp_path, 
         procs = [ctx.Process(target=_race, args=(path, "w%d" % i, barrier, results)) for i in range(waiters)]
         for p in procs:
             p.start()
-        outcome = [results.get(timeout=60) for _ in procs]
+        outcome = [results.get(timeout=60) for _proc in procs]
         for p in procs:
             p.join(60)
         holders = sorted(o for o, held in outcome if held)
@@ -178,7 +178,7 @@ def test_a_waiting_run_says_who_holds_the_lock_and_how_long_it_waits(tmp_path):
                                            progress_file=str(progress)))
     proc.start()
     try:
-        for _ in range(100):
+        for _try in range(100):
             if progress.exists():
                 break
             time.sleep(0.1)
