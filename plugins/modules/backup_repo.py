@@ -20,7 +20,7 @@ description:
     delta has a backing file other than C(../PARENT/FILE) of the same disk in its parent backup
     (read from the image header, before any tool opens it), naming the backup and what is wrong.
     A manifest that cannot be read (not JSON, wrong shape) makes its backup damaged (listed by
-    V(list) with RV(backups[].problems)); the VM's other backups are not affected.
+    V(list) with its C(problems) in RV(backups)); the VM's other backups are not affected.
   - Runs on the backup node.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
