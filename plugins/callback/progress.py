@@ -13,6 +13,9 @@ description:
   - While a M(vmbackup.libvirt.disk_transfer) or M(vmbackup.libvirt.rbd_transfer) task runs,
     prints every few seconds the progress its transfers write on the backup node - bytes done,
     percent, rate and estimated time left - so long backups and restores do not look stuck.
+  - While a M(vmbackup.libvirt.backup_lock), M(vmbackup.libvirt.backup_repo) or
+    M(vmbackup.libvirt.backup_prune) task waits for another run's lock, prints who holds it and
+    how long the task will still wait.
   - Reads the progress files in O(directory), which is where the backup and restore roles
     have the transfers write them. This works when the backup node is the controller (the
     default); with another backup node only the results at the end are shown.
@@ -47,6 +50,8 @@ import threading
 from ansible.plugins.callback import CallbackBase
 
 TRANSFER_ACTIONS = ("disk_transfer", "rbd_transfer")
+# Tasks that may wait for another run's lock: their modules write who holds it while they wait.
+LOCK_ACTIONS = ("backup_lock", "backup_repo", "backup_prune")
 
 
 def human(n):
@@ -59,6 +64,8 @@ def human(n):
 
 
 def describe(state):
+    if state.get("message"):
+        return state["message"]
     parts = ["%s done" % human(state.get("done"))]
     if state.get("percent") is not None:
         parts.append("%.0f%%" % state["percent"])
@@ -98,7 +105,7 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._halt()
-        if task.action.split(".")[-1] in TRANSFER_ACTIONS:
+        if task.action.split(".")[-1] in TRANSFER_ACTIONS + LOCK_ACTIONS:
             directory = os.path.expanduser(self.get_option("directory"))
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._poll, daemon=True,

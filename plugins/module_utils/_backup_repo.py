@@ -18,6 +18,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
     FORMAT_VERSION,
     Repository,
+    check_id,
     new_backup_id,
 )
 
@@ -40,6 +41,7 @@ ARGUMENT_SPEC = dict(
     lock_purpose=dict(type="str", default=""),
     lock_node=dict(type="str", default=""),
     lock_wait=dict(type="int", default=0),
+    lock_progress_file=dict(type="path"),
 )
 
 REQUIRED_IF = [
@@ -56,17 +58,18 @@ REPORT_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
 
 def summary(manifest):
     keys = ("backup_id", "vm", "type", "parent", "started", "finished", "status", "bytes_sent", "bytes_stored",
-            "usable", "damaged")
+            "usable", "damaged", "problems")
     return {k: manifest.get(k) for k in keys}
 
 
-def with_paths(repo, manifest):
-    """A manifest with the absolute path of each disk image and of the domain XML."""
-    bdir = repo.backup_dir(manifest["vm"], manifest["backup_id"])
+def with_paths(repo, manifest, vm=None):
+    """A manifest with the absolute path of each disk image and of the domain XML (checked to be inside)."""
+    vm = vm or manifest["vm"]
+    bdir = repo.backup_dir(vm, manifest["backup_id"])
     out = dict(manifest)
     out["dir"] = bdir
-    out["domain_xml_path"] = os.path.join(bdir, manifest.get("domain_xml", "domain.xml"))
-    out["disks"] = [dict(d, image=os.path.join(bdir, d["file"])) for d in manifest.get("disks", [])]
+    out["domain_xml_path"] = os.path.join(bdir, manifest.get("domain_xml") or "domain.xml")
+    out["disks"] = [dict(d, image=repo.image_path(vm, manifest["backup_id"], d)) for d in manifest.get("disks", [])]
     return out
 
 
@@ -92,6 +95,8 @@ def _run(module):
     repo = Repository(p["path"])
     action = p["action"]
     vm = p["vm"]
+    if p["backup_id"]:
+        check_id(p["backup_id"], "backup_id")  # before anything is locked, read or written
     if action == "list":
         vms = [vm] if vm else repo.vms()
         backups = [summary(m) for v in vms for m in repo.backups(v)]
@@ -99,9 +104,9 @@ def _run(module):
                 "partial": {v: repo.partials(v) for v in vms if repo.partials(v)}}
     if action == "select":
         manifest = repo.select(vm, p["backup"], p["before"])
-        chain = repo.chain(vm, manifest["backup_id"])
-        return {"changed": False, "backup": with_paths(repo, manifest),
-                "chain": [with_paths(repo, m) for m in chain]}
+        chain = repo.chain(vm, manifest["backup_id"])  # checks every link's files and backing names
+        return {"changed": False, "backup": with_paths(repo, manifest, vm),
+                "chain": [with_paths(repo, m, vm) for m in chain]}
     if action == "report":
         return write_report(module, repo, p["report_name"], p["report"])
     if action == "begin":
@@ -114,7 +119,7 @@ def _run(module):
         if removed and not module.check_mode:
             repo.clean(vm)
         backups = repo.backups(vm, usable_only=True)
-        parent = with_paths(repo, backups[-1]) if backups else None
+        parent = with_paths(repo, backups[-1], vm) if backups else None
         due, reason = full_due(backups, p["full_every"], p["full_every_days"])
         partial = repo.partial_dir(vm, backup_id)
         if not module.check_mode:
@@ -163,7 +168,10 @@ def _run(module):
 
 
 def _repo_lock(repo, vm, p):
-    return _lock.lock_params(repo.lock_path(vm), p["lock_owner"], p["lock_purpose"], p["lock_node"], p["lock_wait"])
+    # append: a backup only adds to the repository, so restores (shared) may read meanwhile;
+    # prune and synthetic fulls (exclusive) wait for it.
+    return _lock.lock_params(repo.lock_path(vm), p["lock_owner"], p["lock_purpose"], p["lock_node"], p["lock_wait"],
+                             mode="append", repository=repo.path, progress_file=p.get("lock_progress_file"))
 
 
 def _unlock(module, repo, vm, p):

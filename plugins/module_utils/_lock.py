@@ -4,19 +4,44 @@
 """Lock files that keep two runs off one VM (the backup_lock module).
 
 A lock is a JSON file created with O_EXCL that names its owner (the run's ID), the host,
-and, where the module can see it, the ansible-playbook process that holds it (PID and
-start time, so a reused PID is not mistaken for the owner). A lock is stale, and broken,
-when that process is gone, when it is older than ``stale_after``, or when ``break_from``
-names the node that holds it: a run that holds the node's lock for the VM knows that an
-earlier run from the same node is dead.
+the repository it was taken for, and, where the module can see it, the ansible-playbook
+process that holds it (PID and start time, so a reused PID is not mistaken for the owner).
+
+A lock is stale, and broken, when that process is gone, when it is older than
+``stale_after``, or when ``break_from`` names the node *and* the repository it was taken
+for: a run that holds the node's lock for the VM in that repository knows that an earlier
+run from the same node into the same repository is dead. A lock whose owner is alive (same
+host, same process, same start time) is never broken, whatever its age.
+
+Every change to a lock (take, break, release) happens while holding ``flock`` on a guard
+file beside it (``PATH.guard``, never removed): a waiter re-reads the lock under the guard,
+judges it and, if stale, unlinks it and creates its own before it lets go, so two waiters
+that both judged one lock stale cannot both end up holding it (the second one re-reads the
+first one's fresh lock). flock is released by the kernel when a process dies, so the guard
+itself can never be stale. It works on local file systems, on NFSv4 (the Linux client maps
+flock to NFS byte-range locks) and on CephFS; the lock file itself is still created with
+O_EXCL, so a run of an older version (without the guard) never overwrites a lock either.
+
+``mode=shared`` takes a reader's lock instead: one file per reader, ``PATH.shared-HASH``.
+Any number of readers hold it at once; an exclusive lock is not granted while a live reader
+holds one, and no reader gets one while a live exclusive lock is held (restores read, prune
+and synthetic fulls take it exclusively). ``mode=append`` is the one-holder lock of a run that
+only adds to what the lock protects (a backup): readers may come and go while it is held.
 
 With ``slots`` the lock is one of N files ``PATH.1`` .. ``PATH.N``: a counting semaphore that
 bounds how many backups run at once on one hypervisor or node (the backup playbook's limits).
+
+A run that has to wait writes, with ``progress_file``, who holds the lock and how long it
+will still wait, which the vmbackup.libvirt.progress callback prints while the task runs;
+after a wait, the result says how long it waited and for whom (a warning, too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -29,13 +54,19 @@ ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),
     owner=dict(type="str", required=True),
     state=dict(type="str", default="present", choices=["present", "absent"]),
+    mode=dict(type="str", default="exclusive", choices=["exclusive", "shared", "append"]),
     purpose=dict(type="str", default=""),
     node=dict(type="str", default=""),
+    repository=dict(type="str", default=""),
     break_from=dict(type="str", default=""),
     wait=dict(type="int", default=0),
     stale_after=dict(type="int", default=86400),
     slots=dict(type="int", default=0),
+    progress_file=dict(type="path"),
 )
+
+GUARD_SUFFIX = ".guard"
+SHARED_INFIX = ".shared-"
 
 
 def _proc_start(pid):
@@ -76,32 +107,58 @@ def playbook_process():
 def read_lock(path):
     try:
         with open(path) as fh:
-            return json.load(fh)
+            lock = json.load(fh)
     except FileNotFoundError:
         return None
-    except ValueError:
+    except (OSError, ValueError):
         return {"owner": "?", "created": 0, "corrupt": True}
+    if not isinstance(lock, dict):
+        return {"owner": "?", "created": 0, "corrupt": True}
+    return lock
+
+
+def owner_alive(lock):
+    """Whether the lock's ansible-playbook process runs on this host (same PID, same start time)."""
+    pid = lock.get("pid")
+    if not pid or lock.get("host") != socket.gethostname() or not lock.get("pid_start"):
+        return False
+    try:
+        return _proc_start(int(pid)) == lock.get("pid_start")
+    except (TypeError, ValueError):
+        return False
 
 
 def stale_reason(lock, params, now):
+    """Why ``lock`` may be broken, or None. A lock whose owner is alive is never stale."""
     if lock.get("corrupt"):
         return "the lock file is unreadable"
-    if params["break_from"] and lock.get("node") == params["break_from"]:
-        return "it was taken by an earlier run from node %s, whose lock this run now holds" % lock.get("node")
+    if owner_alive(lock):
+        return None
+    if (params["break_from"] and lock.get("node") == params["break_from"]
+            and (lock.get("repository") or "") == (params.get("repository") or "")):
+        return ("it was taken by an earlier run from node %s into repository %s, whose lock this run now holds"
+                % (lock.get("node"), lock.get("repository") or "(none)"))
     pid = lock.get("pid")
     if pid and lock.get("host") == socket.gethostname():
-        if _proc_start(pid) != lock.get("pid_start"):
-            return "its process %s on %s is gone" % (pid, lock.get("host"))
-    if now - float(lock.get("created", 0)) > params["stale_after"]:
+        return "its process %s on %s is gone" % (pid, lock.get("host"))
+    try:
+        created = float(lock.get("created", 0))
+    except (TypeError, ValueError):
+        return "the lock file is unreadable"
+    if now - created > params["stale_after"]:
         return "it is older than %ss" % params["stale_after"]
     return None
 
 
 def describe(lock):
-    created = datetime.datetime.fromtimestamp(float(lock.get("created", 0)), datetime.timezone.utc)
-    return "run %s (%s) since %s on host %s%s" % (
-        lock.get("owner"), lock.get("purpose") or "?", created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        lock.get("host"), ", process %s" % lock["pid"] if lock.get("pid") else "")
+    try:
+        created = datetime.datetime.fromtimestamp(float(lock.get("created", 0)), datetime.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        created = datetime.datetime.fromtimestamp(0, datetime.timezone.utc)
+    return "run %s (%s%s) since %s on host %s%s" % (
+        lock.get("owner"), lock.get("purpose") or "?", ", shared" if lock.get("mode") == "shared" else "",
+        created.strftime("%Y-%m-%dT%H:%M:%SZ"), lock.get("host"),
+        ", process %s" % lock["pid"] if lock.get("pid") else "")
 
 
 def slot_paths(params):
@@ -110,87 +167,206 @@ def slot_paths(params):
     return ["%s.%d" % (params["path"], i) for i in range(1, params["slots"] + 1)]
 
 
-def _release(module, paths, owner):
-    released = []
-    for path in paths:
-        lock = read_lock(path)
-        if lock is not None and lock.get("owner") == owner:
-            if not module.check_mode:
-                os.unlink(path)
-            released.append(path)
-    return {"changed": bool(released), "held": False, "path": released[0] if released else None}
+def shared_path(path, owner):
+    """The reader's lock file of ``owner`` (a hash: owners may hold any character)."""
+    return path + SHARED_INFIX + hashlib.sha256(owner.encode("utf-8")).hexdigest()[:16]
 
 
-def _try_take(module, path, params, content):
-    """Take PATH if it is free, ours or stale: (held, broken stale lock or None, holder or None)."""
-    lock = read_lock(path)
-    if lock is not None and lock.get("owner") == params["owner"]:
-        return "ours", None, None
-    broken = None
-    if lock is not None:
-        reason = stale_reason(lock, params, time.time())
-        if reason is None:
-            return None, None, lock
-        broken = "broke the stale lock of %s: %s" % (describe(lock), reason)
-        if not module.check_mode:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-    if module.check_mode:
-        return "taken", broken, None
+def reader_paths(path):
+    directory, base = os.path.split(path)
+    try:
+        entries = os.listdir(directory or ".")
+    except FileNotFoundError:
+        return []
+    prefix = base + SHARED_INFIX
+    return sorted(os.path.join(directory, e) for e in entries if e.startswith(prefix) and not e.endswith(".tmp"))
+
+
+@contextlib.contextmanager
+def guard(path, check_mode=False):
+    """flock on PATH.guard around one change to the lock (nothing in check mode)."""
+    if check_mode:
+        yield
+        return
     makedirs_private(os.path.dirname(path))  # the first lock may create the repository: keep it private
+    fd = os.open(path + GUARD_SUFFIX, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _create(path, content):
+    """O_EXCL-create a lock file with ``content``; False if one exists (someone else's)."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
-        return None, broken, read_lock(path) or {"owner": "?", "created": time.time()}  # lost a race
+        return False
     with os.fdopen(fd, "w") as fh:
         json.dump(content, fh)
-    return "taken", broken, None
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
 
 
-def lock_params(path, owner, purpose="", node="", wait=0):
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _judge(module, path, params, now, broken):
+    """Read the lock at PATH under the guard: 'free', 'ours' or the live holder (breaking a stale one)."""
+    lock = read_lock(path)
+    if lock is None:
+        return "free"
+    if lock.get("owner") == params["owner"]:
+        return "ours"
+    reason = stale_reason(lock, params, now)
+    if reason is None:
+        return lock
+    broken.append("broke the stale lock of %s: %s" % (describe(lock), reason))
+    if not module.check_mode:
+        _unlink(path)
+    return "free"
+
+
+def _try_take(module, params, content):
+    """One attempt, under the guard: (outcome 'ours'/'taken'/None, path, broken stale locks, holders)."""
+    broken, holders = [], []
+    now = time.time()
+    base = params["path"]
+    with guard(base, module.check_mode):
+        if params["mode"] == "shared":
+            mine = shared_path(base, params["owner"])
+            state = _judge(module, base, params, now, broken)  # the writer's lock
+            if state == "ours":
+                return "ours", base, broken, holders
+            if state != "free" and state.get("mode") != "append":  # a backup only adds: readers may share
+                return None, None, broken, [state]
+            if read_lock(mine) is not None:
+                return "ours", mine, broken, holders
+            if not module.check_mode and not _create(mine, dict(content, mode="shared")):
+                return None, None, broken, [read_lock(mine) or {"owner": "?", "created": now}]
+            return "taken", mine, broken, holders
+        if params["slots"] < 1 and params["mode"] == "exclusive":
+            for reader in reader_paths(base):
+                state = _judge(module, reader, params, now, broken)
+                if state not in ("free", "ours"):
+                    holders.append(state)
+            if holders:
+                state = _judge(module, base, params, now, broken)
+                return None, None, broken, holders + ([state] if state not in ("free", "ours") else [])
+        for path in slot_paths(params):
+            state = _judge(module, path, params, now, broken)
+            if state == "ours":
+                return "ours", path, broken, holders
+            if state != "free":
+                holders.append(state)
+                continue
+            if module.check_mode:
+                return "taken", path, broken, holders
+            if _create(path, content):
+                return "taken", path, broken, holders
+            holders.append(read_lock(path) or {"owner": "?", "created": now})  # an unguarded (older) taker
+        return None, None, broken, holders
+
+
+def lock_params(path, owner, purpose="", node="", wait=0, mode="exclusive", repository="", progress_file=None):
     """The parameters of one plain lock, as the backup_lock module would take them."""
     params = {k: spec.get("default") for k, spec in ARGUMENT_SPEC.items()}
-    params.update(path=path, owner=owner, purpose=purpose, node=node, wait=wait)
+    params.update(path=path, owner=owner, purpose=purpose, node=node, wait=wait, mode=mode,
+                  repository=repository, progress_file=progress_file)
     return params
 
 
 def release(module, params):
-    return _release(module, slot_paths(params), params["owner"])
+    """Give back the lock (each slot or reader file this owner holds); only this owner's."""
+    paths = slot_paths(params) + [shared_path(params["path"], params["owner"])]
+    released = []
+    with guard(params["path"], module.check_mode or not os.path.isdir(os.path.dirname(params["path"]))):
+        for path in paths:
+            lock = read_lock(path)
+            if lock is not None and lock.get("owner") == params["owner"]:
+                if not module.check_mode:
+                    _unlink(path)
+                released.append(path)
+    return {"changed": bool(released), "held": False, "path": released[0] if released else None}
+
+
+def _show_wait(params, holders, deadline, started):
+    """Write, for the progress callback, who holds the lock and how long this run still waits."""
+    if not params.get("progress_file"):
+        return
+    what = params["purpose"] or params["path"]
+    left = max(0, int(deadline - time.time()))
+    state = {"label": "lock", "done": 0, "percent": None, "elapsed": round(time.time() - started, 1),
+             "message": "waiting for %s: held by %s; waiting up to %ss more (of %ss)"
+                        % (what, "; ".join(describe(h) for h in holders), left, params["wait"])}
+    path = os.path.expanduser(params["progress_file"])
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(state, fh)
+        os.rename(path + ".tmp", path)
+    except OSError:
+        pass  # progress is a courtesy
+
+
+def _clear_wait(params):
+    if params.get("progress_file"):
+        _unlink(os.path.expanduser(params["progress_file"]))
 
 
 def acquire(module, params):
     """Take the lock (or one of its slots), waiting up to ``wait`` seconds; VmbackupError if held."""
-    paths = slot_paths(params)
+    if params["mode"] != "exclusive" and params["slots"] > 0:
+        raise VmbackupError("backup_lock: mode=%s does not combine with slots (lock %s)"
+                            % (params["mode"], params["path"]))
     pid = playbook_process()
     content = {"owner": params["owner"], "purpose": params["purpose"], "node": params["node"],
+               "repository": params.get("repository") or "", "mode": params["mode"],
                "host": socket.gethostname(), "pid": pid, "pid_start": _proc_start(pid) if pid else None,
                "created": time.time()}
-    deadline = time.time() + params["wait"]
-    while True:
-        holders = []
-        for path in paths:
-            outcome, broken, holder = _try_take(module, path, params, content)
-            if outcome == "ours":
-                return {"changed": False, "held": True, "broke_stale": None, "path": path}
-            if outcome == "taken":
-                return {"changed": True, "held": not module.check_mode, "broke_stale": broken, "path": path}
-            holders.append(holder)
-        if time.time() < deadline:
-            time.sleep(1 if params["slots"] > 0 else 2)
-            continue
-        what = params["purpose"] or params["path"]
-        if params["slots"] > 0:
-            raise VmbackupError(
-                "All %d slots for %s are taken (by %s); this run (%s) waited %ss. Raise the limit or the "
-                "wait; if those runs are dead, remove %s.*."
-                % (params["slots"], what, "; ".join(describe(h) for h in holders), params["owner"],
-                   params["wait"], params["path"]))
+    started = time.time()
+    deadline = started + params["wait"]
+    broke = []
+    waited_for = None
+    try:
+        while True:
+            outcome, path, broken, holders = _try_take(module, params, content)
+            broke += broken
+            if outcome is not None:
+                result = {"changed": outcome == "taken", "held": outcome == "ours" or not module.check_mode,
+                          "broke_stale": "; ".join(broke) or None, "path": path, "waited": 0, "waited_for": None}
+                if waited_for:
+                    result.update(waited=int(time.time() - started), waited_for=waited_for)
+                    if hasattr(module, "warn"):
+                        module.warn("waited %ss for %s, held by %s" % (result["waited"], params["purpose"]
+                                                                       or params["path"], waited_for))
+                return result
+            waited_for = "; ".join(describe(h) for h in holders)
+            if time.time() < deadline:
+                _show_wait(params, holders, deadline, started)
+                time.sleep(1 if params["slots"] > 0 else 2)
+                continue
+            break
+    finally:
+        _clear_wait(params)
+    what = params["purpose"] or params["path"]
+    if params["slots"] > 0:
         raise VmbackupError(
-            "%s is locked by %s; this run (%s) waited %ss. Try again when it has finished; if that "
-            "run is dead, run the vmbackup.libvirt.cleanup playbook or remove %s."
-            % (what, describe(holders[0]), params["owner"], params["wait"], params["path"]))
+            "All %d slots for %s are taken (by %s); this run (%s) waited %ss. Raise the limit or the "
+            "wait; if those runs are dead, remove %s.*."
+            % (params["slots"], what, waited_for, params["owner"], params["wait"], params["path"]))
+    raise VmbackupError(
+        "%s is locked by %s; this run (%s) waited %ss. Try again when it has finished; if that "
+        "run is dead, run the vmbackup.libvirt.cleanup playbook or remove %s."
+        % (what, waited_for, params["owner"], params["wait"],
+           params["path"] if params["mode"] == "shared" or not reader_paths(params["path"])
+           else "the lock files %s*" % params["path"]))
 
 
 def run(module):

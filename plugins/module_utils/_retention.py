@@ -31,17 +31,21 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import contextlib
 import re
 import shutil
-import struct
 import time
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
+    ID_RE,
     PARTIAL_PREFIX,
+    ManifestError,
     Repository,
     parse_time,
+    qcow2_backing,
 )
 
 DELETING_PREFIX = ".deleting-"
@@ -68,6 +72,10 @@ ARGUMENT_SPEC = dict(
     backup=dict(type="str", default="latest"),
     verify=dict(type="bool", default=True),
     now=dict(type="str"),
+    lock_owner=dict(type="str"),
+    lock_wait=dict(type="int", default=0),
+    lock_progress_file=dict(type="path"),
+    fail_on_locked=dict(type="bool", default=True),
 )
 
 
@@ -224,37 +232,31 @@ def full_due(manifests, every_n=0, every_days=0, now=None):
 # --------------------------------------------------------------------------
 # the repository
 
-def qcow2_backing(path):
-    """The backing file named in a qcow2 header (as written), or None."""
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(20)
-            if len(header) < 20 or header[:4] != b"QFI\xfb":
-                return None
-            offset, size = struct.unpack(">QI", header[8:20])
-            if not offset or not size or size > 4096:
-                return None
-            fh.seek(offset)
-            return fh.read(size).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
 def backing_map(repo, vm, manifests):
-    """{backup_id: {backup ids whose images the backup's qcow2 deltas are backed by}}."""
+    """{backup_id: {backup ids whose images the backup's qcow2 deltas are backed by}}.
+
+    Read from the image headers (never through a symlink out of the repository); only backing
+    names of backups of the same VM count, anything else keeps nothing.
+    """
     vdir = repo.vm_dir(vm)
     out = {}
     for m in manifests:
+        if m.get("unreadable"):
+            continue
         bdir = os.path.join(vdir, m["backup_id"])
         for disk in m.get("disks", []):
             name = disk.get("file") or ""
             if not name.endswith(".qcow2"):
                 continue
-            backing = qcow2_backing(os.path.join(bdir, name))
+            try:
+                path = repo.image_path(vm, m["backup_id"], disk)
+            except ManifestError:
+                continue
+            backing = qcow2_backing(path)
             if not backing:
                 continue
             full = os.path.normpath(os.path.join(bdir, backing))
-            if os.path.dirname(os.path.dirname(full)) == vdir:
+            if os.path.dirname(os.path.dirname(full)) == vdir and ID_RE.match(os.path.basename(os.path.dirname(full))):
                 out.setdefault(m["backup_id"], set()).add(os.path.basename(os.path.dirname(full)))
     return out
 
@@ -314,6 +316,53 @@ def _now(p):
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def vm_lock(module, repo, vm, purpose):
+    """The VM's lock in the repository, exclusive: no restore reads, no backup writes meanwhile."""
+    p = module.params
+    owner = p.get("lock_owner") or getattr(module, "_vmbackup_lock_owner", None)
+    if not owner:
+        owner = "%s-%s" % (purpose.split(" ", 1)[0], os.urandom(6).hex())
+        module._vmbackup_lock_owner = owner
+    return _lock.lock_params(repo.lock_path(vm), owner, "%s of VM %s" % (purpose, vm), wait=p.get("lock_wait") or 0,
+                             repository=repo.path, progress_file=p.get("lock_progress_file"))
+
+
+@contextlib.contextmanager
+def holding(module, params):
+    """Hold a lock for the block (released afterwards, unless this owner held it before)."""
+    got = _lock.acquire(module, params)
+    try:
+        yield got
+    finally:
+        if got["changed"] and not module.check_mode:
+            _lock.release(module, params)
+
+
+def prune_vm(module, repo, vm, policy, now, partial_max_age):
+    """Plan and remove one VM's backups (hold its lock): a result fragment."""
+    manifests = repo.backups(vm)
+    unreadable = [m for m in manifests if m.get("unreadable")]
+    manifests = [m for m in manifests if not m.get("unreadable")]
+    backing = backing_map(repo, vm, manifests)
+    kept, removed, warnings = plan(manifests, policy, now, backing)
+    for m in unreadable:
+        warnings.append("backup %s is damaged and left alone (%s); remove it by hand when it is not needed"
+                        % (m["backup_id"], "; ".join(m["problems"])))
+    stale = stale_dirs(repo, vm, partial_max_age, time.time())
+    if not module.check_mode:
+        if removed or stale:
+            # Nothing older is deleted before everything kept (the newest backup above all) is on
+            # stable storage, whoever wrote it.
+            os.sync()
+        for entry in removed:  # newest first: see plan()
+            remove_backup(repo, vm, entry["backup_id"])
+        for entry in stale:
+            shutil.rmtree(os.path.join(repo.vm_dir(vm), entry["dir"]))
+    return {"kept": kept, "removed": removed, "warnings": warnings, "stale": stale, "unreadable": unreadable,
+            "before": sorted(m["backup_id"] for m in manifests + unreadable),
+            "after": sorted([k["backup_id"] for k in kept] + [m["backup_id"] for m in unreadable])}
+
+
 def prune(module):
     p = module.params
     repo = Repository(p["path"])
@@ -326,31 +375,29 @@ def prune(module):
     partial_max_age = parse_duration(p["partial_max_age"], "partial_max_age")
     now = _now(p)
     vms = p["vms"] or repo.vms()
-    result = {"changed": False, "removed": [], "kept": [], "partials_removed": [], "broken_chains": []}
+    result = {"changed": False, "removed": [], "kept": [], "partials_removed": [], "broken_chains": [],
+              "damaged": [], "locked": []}
     before, after = {}, {}
     for vm in vms:
-        manifests = repo.backups(vm)
-        backing = backing_map(repo, vm, manifests)
-        kept, removed, warnings = plan(manifests, policy, now, backing)
-        result["kept"] += [dict(k, vm=vm) for k in kept]
-        result["removed"] += [dict(r, vm=vm) for r in removed]
-        result["broken_chains"] += ["VM %s: %s" % (vm, w) for w in warnings]
-        stale = stale_dirs(repo, vm, partial_max_age, time.time())
-        result["partials_removed"] += [dict(s, vm=vm) for s in stale]
-        before[vm] = sorted(m["backup_id"] for m in manifests)
-        after[vm] = sorted(k["backup_id"] for k in kept)
-        if removed or stale:
-            result["changed"] = True
-        if module.check_mode:
+        repo.vm_dir(vm)  # a valid name, before any lock
+        try:
+            # Under the VM's exclusive lock: no restore is reading what goes, no backup is adding.
+            with holding(module, vm_lock(module, repo, vm, "prune")):
+                got = prune_vm(module, repo, vm, policy, now, partial_max_age)
+        except VmbackupError as exc:
+            if "is locked by" not in exc.msg:
+                raise
+            result["locked"].append({"vm": vm, "msg": exc.msg})
             continue
-        if removed or stale:
-            # Nothing older is deleted before everything kept (the newest backup above all) is on
-            # stable storage, whoever wrote it.
-            os.sync()
-        for entry in removed:  # newest first: see plan()
-            remove_backup(repo, vm, entry["backup_id"])
-        for entry in stale:
-            shutil.rmtree(os.path.join(repo.vm_dir(vm), entry["dir"]))
+        result["kept"] += [dict(k, vm=vm) for k in got["kept"]]
+        result["removed"] += [dict(r, vm=vm) for r in got["removed"]]
+        result["broken_chains"] += ["VM %s: %s" % (vm, w) for w in got["warnings"]]
+        result["partials_removed"] += [dict(s, vm=vm) for s in got["stale"]]
+        result["damaged"] += [{"vm": vm, "backup_id": m["backup_id"], "problems": m["problems"]}
+                              for m in got["unreadable"]]
+        before[vm], after[vm] = got["before"], got["after"]
+        if got["removed"] or got["stale"]:
+            result["changed"] = True
     for w in result["broken_chains"]:
         module.warn(w)
     if module._diff:
@@ -358,6 +405,12 @@ def prune(module):
                           "after": json.dumps(after, indent=2, sort_keys=True) + "\n",
                           "before_header": "%s (backups per VM)" % repo.path,
                           "after_header": "%s (backups per VM)" % repo.path}
+    if result["locked"]:
+        msg = ("prune left %d VM(s) alone because another run holds them (nothing of theirs was removed): %s"
+               % (len(result["locked"]), "; ".join("VM %s: %s" % (x["vm"], x["msg"]) for x in result["locked"])))
+        if p["fail_on_locked"]:
+            module.fail_json(msg=msg + ". Run the prune again later, or give it a longer lock_wait.", **result)
+        module.warn(msg)
     return result
 
 
@@ -393,6 +446,13 @@ def synthesize(module):
     if len(p["vms"]) != 1:
         raise VmbackupError("action=synthesize works on one VM: give exactly one name in vms")
     vm = p["vms"][0]
+    with holding(module, vm_lock(module, repo, vm, "synthetic full")):
+        return _synthesize(module, repo, vm)
+
+
+def _synthesize(module, repo, vm):
+    """The synthetic full of one VM's backup (the caller holds the VM's lock)."""
+    p = module.params
     source = repo.select(vm, p["backup"])
     sid = source["backup_id"]
     existing = [m for m in repo.backups(vm) if m.get("synthesized_from") == sid]

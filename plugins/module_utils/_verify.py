@@ -9,8 +9,12 @@ import os
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandError, CommandRunner
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._rbd import RbdDiffError, scan_diff
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import Repository
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._files import sha256_file
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
+    ManifestError,
+    Repository,
+    check_id,
+)
 
 ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),
@@ -20,9 +24,9 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def check_disk(runner, bdir, disk):
+def check_disk(runner, repo, vm, backup_id, disk):
     """Problems with one stored disk image (empty when it checks out)."""
-    path = os.path.join(bdir, disk["file"])
+    path = repo.image_path(vm, backup_id, disk)
     if not os.path.exists(path):
         return ["%s is missing" % path]
     problems = []
@@ -42,8 +46,36 @@ def check_disk(runner, bdir, disk):
     return problems
 
 
+def check_backup(runner, repo, vm, manifest):
+    """Problems with one backup: its manifest, its files, the backing files of its deltas, its parent."""
+    if manifest.get("unreadable"):
+        return list(manifest["problems"])
+    backup_id = manifest["backup_id"]
+    bdir = repo.backup_dir(vm, backup_id)
+    try:
+        # Before qemu-img opens anything: a delta's backing must be the parent's image of its disk.
+        repo.check_backing(vm, manifest)
+    except ManifestError as exc:
+        return [exc.msg]
+    problems = []
+    for disk in manifest.get("disks", []):
+        problems += check_disk(runner, repo, vm, backup_id, disk)
+    if not os.path.exists(os.path.join(bdir, manifest.get("domain_xml") or "domain.xml")):
+        problems.append("the domain XML is missing")
+    parent = manifest.get("parent")
+    if parent:
+        try:
+            if repo.manifest(vm, parent) is None:
+                problems.append("its parent backup %s is missing" % parent)
+        except ManifestError as exc:
+            problems.append("its parent backup %s is damaged: %s" % (parent, exc.msg))
+    return problems
+
+
 def run(module):
     p = module.params
+    if p["backup"] not in ("all", "latest"):
+        check_id(p["backup"], "backup (all, latest or a backup ID)")
     repo = Repository(p["path"])
     runner = CommandRunner(module)
     vms = [p["vm"]] if p["vm"] else repo.vms()
@@ -58,16 +90,11 @@ def run(module):
         for manifest in backups:
             backup_id = manifest["backup_id"]
             bdir = repo.backup_dir(vm, backup_id)
-            problems = []
-            for disk in manifest.get("disks", []):
-                problems += check_disk(runner, bdir, disk)
-            if not os.path.exists(os.path.join(bdir, manifest.get("domain_xml", "domain.xml"))):
-                problems.append("the domain XML is missing")
-            parent = manifest.get("parent")
-            if parent and repo.manifest(vm, parent) is None:
-                problems.append("its parent backup %s is missing" % parent)
-            was_damaged = manifest.get("damaged", False)
-            if problems and not was_damaged:
+            problems = check_backup(runner, repo, vm, manifest)
+            was_damaged = repo.damage(vm, backup_id) is not None
+            # Marks go only into a real directory of the repository (never through a symlink).
+            markable = os.path.realpath(bdir) == os.path.join(os.path.realpath(repo.vm_dir(vm)), backup_id)
+            if problems and not was_damaged and markable:
                 changed = True
                 if not module.check_mode:
                     repo.mark_damaged(vm, backup_id, problems)

@@ -17,11 +17,29 @@ description:
     holder.
   - A lock left by a dead run is broken - when its ansible-playbook process (recorded when the
     module runs on the controller) is gone, when it is older than O(stale_after), or when
-    O(break_from) names the node that took it (a run holding the node's lock knows an earlier
-    run from that node is dead).
+    O(break_from) names the node and O(repository) the repository that the lock was taken for
+    (a run holding the node's lock for the VM in that repository knows an earlier run from that
+    node into that repository is dead). A lock whose ansible-playbook process is alive on this
+    host (same PID and start time) is never broken, whatever its age or O(break_from).
+  - Breaking is atomic. Every take, break and release happens under C(flock) on a guard file
+    C(PATH.guard) beside the lock (kept, never removed); a waiter re-reads the lock under the
+    guard before it judges and breaks it, so of several waiters that judged one lock stale at
+    once exactly one ends up holding it. The kernel drops the flock when a process dies, so the
+    guard is never stale. This holds on local file systems, NFSv4 (flock is mapped to NFS
+    byte-range locks) and CephFS.
+  - O(mode=shared) takes a reader's lock (a file C(PATH.shared-HASH) per owner). Any number of
+    readers hold it at once; the exclusive lock is not granted while a live reader holds one,
+    and no reader gets one while the exclusive lock is held. O(mode=append) is a one-holder lock
+    like V(exclusive) that lets readers in meanwhile, for a run that only adds. In the repository,
+    restores read a VM's backups under a shared lock, a backup holds the VM's lock in V(append)
+    mode (it adds a backup and removes nothing a restore reads), and prune and synthetic fulls
+    hold it V(exclusive), so they neither start while a restore reads nor let one start.
   - With O(slots), the lock is any one of the files C(PATH.1) .. C(PATH.N), so at most N runs
     hold it at once. The backup playbook bounds parallel backups per hypervisor and per node this
     way; each VM's backup takes a slot with its own O(owner).
+  - While it waits, the module writes who holds the lock and how long it will still wait to
+    O(progress_file), which the C(vmbackup.libvirt.progress) callback prints every few seconds;
+    a run that had to wait says afterwards, in a warning and in RV(waited_for), for whom.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
@@ -49,6 +67,14 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  mode:
+    description:
+      - V(exclusive) for one holder (or one per slot) and no reader; V(shared) for one of any number
+        of readers; V(append) for one holder beside any readers (see description). Only V(exclusive)
+        with O(slots).
+    type: str
+    choices: [exclusive, shared, append]
+    default: exclusive
   purpose:
     description: What the lock protects, for messages (for example C(backup of VM web1)).
     type: str
@@ -57,8 +83,14 @@ options:
     description: The backup node of this run, recorded in the lock.
     type: str
     default: ""
+  repository:
+    description:
+      - The repository this run works on, recorded in the lock; O(break_from) breaks only a lock
+        recorded with the same repository.
+    type: str
+    default: ""
   break_from:
-    description: Break a lock recorded with this node name (see description).
+    description: Break a lock recorded with this node name and the same O(repository) (see description).
     type: str
     default: ""
   wait:
@@ -75,6 +107,11 @@ options:
         of which this owner takes the first free one (or releases the one it holds).
     type: int
     default: 0
+  progress_file:
+    description:
+      - While waiting, write who holds the lock and how long this run still waits to this file (JSON,
+        removed afterwards), for the C(vmbackup.libvirt.progress) callback. Omit for none.
+    type: path
 """
 
 EXAMPLES = r"""
@@ -93,6 +130,15 @@ EXAMPLES = r"""
     wait: 86400
   delegate_to: localhost
   register: slot
+
+- name: Read web1's backups under a shared lock (several restores at once, no prune meanwhile)
+  vmbackup.libvirt.backup_lock:
+    path: /srv/vmbackup/.locks/web1.lock
+    mode: shared
+    owner: "{{ run_id }}"
+    purpose: restore of VM web1
+    wait: 600
+    progress_file: ~/.ansible/vmbackup-progress/lock-{{ run_id }}.json
 """
 
 RETURN = r"""
@@ -107,6 +153,14 @@ broke_stale:
 path:
   description: The lock file taken or released (with O(slots), which of the pool), or V(null).
   returned: always
+  type: str
+waited:
+  description: Seconds this run waited for another run's lock.
+  returned: state=present
+  type: int
+waited_for:
+  description: The lock's holder(s) this run waited for, or V(null).
+  returned: state=present
   type: str
 """
 

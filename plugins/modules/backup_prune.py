@@ -24,10 +24,19 @@ description:
     its files are deleted, so an interrupted prune never leaves a delta whose parent is gone.
     Partial backups (C(.partial-ID)) untouched for O(partial_max_age) and leftovers of an interrupted
     prune are removed too.
+  - Each VM is pruned holding its lock in the repository (C(.locks/VM.lock), exclusive, as
+    M(vmbackup.libvirt.backup_lock) takes it). While a restore reads the VM's backups (a shared lock)
+    or a backup writes one, the prune of that VM waits up to O(lock_wait) seconds, then leaves the VM
+    alone - nothing of it is removed - and names the run that holds it (RV(locked)); with
+    O(fail_on_locked) the task fails after the other VMs are pruned. The plan is made under the lock.
+  - A backup whose manifest cannot be read or trusted (see M(vmbackup.libvirt.backup_repo)) is left
+    alone and reported in RV(damaged) and a warning; it does not stop the prune of the VM's other
+    backups. Backing files are read from the qcow2 headers of images inside the repository only.
   - O(action=synthesize) merges the chain of one backup into a new, standalone full backup of the
     same point in time, C(BACKUP_ID-N), with C(synthesized_from) in its manifest (written last). The
     source chain is not modified. For retention the synthetic full then stands for that point in
-    time, so the chain below it can go. qcow2 images only; RBD diffs are not merged.
+    time, so the chain below it can go. qcow2 images only; RBD diffs are not merged. It holds the VM's
+    lock exclusively too, and refuses a chain whose files or backing names point outside the repository.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
@@ -110,6 +119,26 @@ options:
     description:
       - The time to apply O(min_age) against (ISO 8601 or a backup ID). Default the current time. For tests.
     type: str
+  lock_owner:
+    description:
+      - The owner recorded in the VM locks this task takes, usually the run's ID. Default a new
+        C(prune-...) or C(synthetic-...) ID for this task. A lock this owner already holds is used as it is.
+    type: str
+  lock_wait:
+    description: Seconds to wait for each VM's lock when another run (a restore, a backup) holds it.
+    type: int
+    default: 0
+  lock_progress_file:
+    description:
+      - While waiting for a lock, write who holds it and how long this task still waits to this file, for the
+        C(vmbackup.libvirt.progress) callback. Omit for none.
+    type: path
+  fail_on_locked:
+    description:
+      - Fail (after pruning the other VMs) when a VM was left alone because another run held its lock.
+        V(false) only warns; the next prune catches up.
+    type: bool
+    default: true
 notes:
   - At least one C(keep_*) rule must be given; a prune with none is refused.
 seealso:
@@ -166,6 +195,16 @@ broken_chains:
   returned: action=prune
   type: list
   elements: str
+damaged:
+  description: Backups whose manifest cannot be read or trusted (vm, backup_id, problems); left alone.
+  returned: action=prune
+  type: list
+  elements: dict
+locked:
+  description: VMs left alone because another run held their lock (vm, msg naming the holder).
+  returned: action=prune
+  type: list
+  elements: dict
 backup_id:
   description: The synthetic full's backup ID (or the backup that needs none).
   returned: action=synthesize

@@ -21,6 +21,13 @@ description:
   - Private. Everything it creates is root's alone (directories 0700, files 0600, under a 077
     umask). A repository root (or VM directory) that already exists with a looser mode is set
     to 0700, with a warning naming the path and both modes (RV(mode_fixes)).
+  - Nothing read from the repository is trusted. O(backup_id), O(backup) and every backup ID in a
+    directory name or a manifest must be a backup ID; V(select) refuses a backup whose manifest
+    names a file outside its directory (an absolute path, C(../), a symlink out) or whose qcow2
+    delta has a backing file other than C(../PARENT/FILE) of the same disk in its parent backup
+    (read from the image header, before any tool opens it), naming the backup and what is wrong.
+    A manifest that cannot be read (not JSON, wrong shape) makes its backup damaged (listed by
+    V(list) with its C(problems) in RV(backups)); the VM's other backups are not affected.
   - Runs on the backup node.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
@@ -102,7 +109,8 @@ options:
   lock_owner:
     description:
       - For V(begin), first take the VM's lock in the repository (C(.locks/VM.lock), as
-        M(vmbackup.libvirt.backup_lock) would) for this owner, usually the run's ID; fail naming the
+        M(vmbackup.libvirt.backup_lock) would, in its V(append) mode, so restores may read meanwhile and
+        prune and synthetic fulls wait) for this owner, usually the run's ID; fail naming the
         holder if another live run holds it after O(lock_wait) seconds.
       - For V(commit) and V(abort), give the lock back afterwards if this owner holds it (RV(unlocked)).
     type: str
@@ -118,6 +126,11 @@ options:
     description: For V(begin) with O(lock_owner), seconds to wait for a lock held by another run.
     type: int
     default: 0
+  lock_progress_file:
+    description:
+      - For V(begin) with O(lock_owner), while waiting for the lock write who holds it and how long this
+        run still waits to this file, for the C(vmbackup.libvirt.progress) callback. Omit for none.
+    type: path
 """
 
 EXAMPLES = r"""
@@ -184,7 +197,9 @@ complete:
   type: list
   elements: str
 backups:
-  description: Summaries of complete backups, oldest first, each with C(usable) and C(damaged).
+  description:
+    - Summaries of complete backups, oldest first, each with C(usable) and C(damaged).
+    - A backup whose manifest cannot be read or trusted has C(status=unreadable) and its C(problems).
   returned: action=list
   type: list
   elements: dict

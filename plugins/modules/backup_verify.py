@@ -17,6 +17,13 @@ description:
     and every backup whose chain needs one, are then never offered for restore nor used as
     the parent of an incremental (the next backup of the VM is a full one). A marked backup
     that checks out again is unmarked.
+  - Nothing read from the repository is trusted. Before C(qemu-img) opens an image, the backing file
+    named in its qcow2 header must be exactly C(../PARENT/FILE) of the same disk in the parent backup
+    (no absolute path, no other VM's or backup's image, no external data file), and every file the
+    manifest names must resolve inside the backup's directory; a backup that fails is marked damaged
+    and nothing outside the repository is read. A manifest that cannot be read (not JSON, wrong
+    shape) marks only its own backup damaged; the VM's other backups are verified as usual.
+  - O(backup) must be V(all), V(latest) or a backup ID (a name with C(/) is refused).
   - Runs on the backup node.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)

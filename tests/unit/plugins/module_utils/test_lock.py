@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import socket
 import time
 
 import pytest
@@ -27,7 +30,9 @@ def take(path, owner, **kw):
 def test_single_lock_is_exclusive_and_names_its_holder(tmp_path):
     path = tmp_path / "web1.lock"
     assert take(path, "run-a", purpose="backup of VM web1")["changed"]
-    assert take(path, "run-a") == {"changed": False, "held": True, "broke_stale": None, "path": str(path)}
+    again = take(path, "run-a")
+    assert {k: again[k] for k in ("changed", "held", "broke_stale", "path")} == {
+        "changed": False, "held": True, "broke_stale": None, "path": str(path)}
     with pytest.raises(VmbackupError, match="backup of VM web1 is locked by run run-a"):
         take(path, "run-b", purpose="backup of VM web1")
     assert take(path, "run-b", state="absent")["changed"] is False  # not ours: left alone
@@ -59,3 +64,144 @@ def test_check_mode_takes_nothing(tmp_path):
     path = tmp_path / "a.lock"
     got = _lock.run(FakeModule(check_mode=True, path=str(path), owner="r", slots=3))
     assert got["changed"] and not got["held"] and not (tmp_path / "a.lock.1").exists()
+
+
+STALE = {"owner": "dead-run", "purpose": "backup of VM web1", "created": 1000.0, "host": "elsewhere"}
+
+
+def _race(path, owner, barrier, results):
+    """One waiter: wait for the others, then try to take the stale lock at once."""
+    barrier.wait()
+    try:
+        got = _lock.acquire(FakeModule(path=path, owner=owner), _params(path, owner))
+        results.put((owner, bool(got["held"])))
+    except VmbackupError:
+        results.put((owner, False))
+
+
+def _params(path, owner, **kw):
+    return dict(FakeModule(path=path, owner=owner, **kw).params)
+
+
+@pytest.mark.parametrize("waiters", [2, 4])
+def test_waiters_breaking_one_stale_lock_at_once_exactly_one_holds_it(tmp_path, waiters):
+    """200 rounds of N real processes, all judging the same stale lock at the same moment."""
+    ctx = multiprocessing.get_context("fork")
+    rounds, doubles = 200, []
+    for n in range(rounds):
+        path = str(tmp_path / ("r%d.lock" % n))
+        with open(path, "w") as fh:
+            json.dump(STALE, fh)
+        barrier, results = ctx.Barrier(waiters), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(path, "w%d" % i, barrier, results)) for i in range(waiters)]
+        for p in procs:
+            p.start()
+        outcome = [results.get(timeout=60) for _proc in procs]
+        for p in procs:
+            p.join(60)
+        holders = sorted(o for o, held in outcome if held)
+        with open(path) as fh:
+            on_disk = json.load(fh)["owner"]
+        if holders != [on_disk]:
+            doubles.append((n, holders, on_disk))
+    assert not doubles, "rounds where not exactly one waiter held the lock: %s" % doubles[:5]
+
+
+def _alive_lock(**extra):
+    pid = os.getpid()
+    return dict({"owner": "live-run", "purpose": "backup of VM web1", "created": 1000.0, "node": "node1",
+                 "repository": "/srv/a", "host": socket.gethostname(), "pid": pid,
+                 "pid_start": _lock._proc_start(pid)}, **extra)
+
+
+def test_a_live_owner_is_never_broken_for_its_age_nor_by_break_from_of_another_repository(tmp_path):
+    path = tmp_path / "web1.lock"
+    path.write_text(json.dumps(_alive_lock()))
+    with pytest.raises(VmbackupError, match="locked by run live-run"):
+        take(path, "new", stale_after=5)
+    with pytest.raises(VmbackupError, match="locked by run live-run"):
+        take(path, "new", break_from="node1", repository="/srv/a")  # even the same node and repository
+    # A dead owner (another start time: the PID was reused) is broken.
+    path.write_text(json.dumps(_alive_lock(pid_start="1")))
+    assert "is gone" in take(path, "new")["broke_stale"]
+
+
+@pytest.mark.parametrize("recorded, repository, broken", [
+    ("/srv/a", "/srv/a", True),
+    ("/srv/a", "/srv/b", False),   # a run into repository B must not break a run into A
+    ("", "/srv/b", False),
+    ("", "", True),
+])
+def test_break_from_matches_node_and_repository(tmp_path, recorded, repository, broken):
+    path = tmp_path / "web1.lock"
+    path.write_text(json.dumps({"owner": "old", "created": time.time(), "node": "node1", "repository": recorded,
+                                "host": "hv1"}))
+    if broken:
+        got = take(path, "new", break_from="node1", repository=repository)
+        assert got["held"] and "repository" in got["broke_stale"]
+    else:
+        with pytest.raises(VmbackupError, match="locked by run old"):
+            take(path, "new", break_from="node1", repository=repository)
+    assert json.loads(path.read_text())["owner"] == ("new" if broken else "old")
+
+
+def test_shared_readers_exclude_writers_and_writers_exclude_readers(tmp_path):
+    path = tmp_path / "web1.lock"
+    first = take(path, "restore-1", mode="shared", purpose="restore of VM web1")
+    second = take(path, "restore-2", mode="shared")
+    assert first["held"] and second["held"] and first["path"] != second["path"]
+    assert take(path, "restore-1", mode="shared")["changed"] is False  # idempotent
+    with pytest.raises(VmbackupError, match=r"locked by run restore-\d \(restore of VM web1, shared\)|locked by run restore"):
+        take(path, "prune-1", purpose="prune of VM web1")
+    assert not path.exists()
+    assert take(path, "restore-1", state="absent")["changed"]
+    with pytest.raises(VmbackupError, match="locked by run restore-2"):
+        take(path, "prune-1")
+    assert take(path, "restore-2", state="absent")["changed"]
+    assert take(path, "prune-1")["held"]
+    with pytest.raises(VmbackupError, match="locked by run prune-1"):
+        take(path, "restore-3", mode="shared")
+    # A reader whose run is dead is broken like any stale lock.
+    take(path, "prune-1", state="absent")
+    dead = _lock.shared_path(str(path), "dead")
+    with open(dead, "w") as fh:
+        json.dump(_alive_lock(owner="dead", pid_start="1"), fh)
+    assert "is gone" in take(path, "prune-2")["broke_stale"] and not os.path.exists(dead)
+
+
+def test_a_waiting_run_says_who_holds_the_lock_and_how_long_it_waits(tmp_path):
+    path = tmp_path / "web1.lock"
+    progress = tmp_path / "progress" / "lock.json"
+    take(path, "run-a", purpose="backup of VM web1")
+    ctx = multiprocessing.get_context("fork")
+    proc = ctx.Process(target=lambda: take(path, "run-b", purpose="backup of VM web1", wait=30,
+                                           progress_file=str(progress)))
+    proc.start()
+    try:
+        for _try in range(100):
+            if progress.exists():
+                break
+            time.sleep(0.1)
+        state = json.loads(progress.read_text())
+        assert "held by run run-a (backup of VM web1)" in state["message"]
+        assert "waiting up to" in state["message"] and "of 30s" in state["message"]
+    finally:
+        take(path, "run-a", state="absent")
+        proc.join(30)
+    assert not progress.exists() and json.loads(path.read_text())["owner"] == "run-b"
+
+
+def test_an_appending_holder_lets_readers_in_but_not_another_writer(tmp_path):
+    path = tmp_path / "web1.lock"
+    assert take(path, "backup-1", mode="append", purpose="backup of VM web1")["held"]
+    assert take(path, "restore-1", mode="shared")["held"]  # a backup removes nothing a restore reads
+    with pytest.raises(VmbackupError, match="locked by run restore-1 .*; run backup-1"):
+        take(path, "prune-1")
+    with pytest.raises(VmbackupError, match="locked by run backup-1"):
+        take(path, "backup-2", mode="append")
+    take(path, "backup-1", state="absent")
+    with pytest.raises(VmbackupError, match="locked by run restore-1"):
+        take(path, "prune-1")
+    assert take(path, "backup-2", mode="append")["held"]
+    with pytest.raises(VmbackupError, match="does not combine with slots"):
+        take(path, "x", mode="shared", slots=2)
