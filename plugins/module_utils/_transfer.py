@@ -248,6 +248,15 @@ finally:
 DONE = "VMBACKUP-NBD-EXIT"
 
 
+def refuse_insecure_restore(hv, target):
+    """Restores never go over the unauthenticated channel: whoever connects first could write the disk."""
+    if hv.transport == "ssh" and hv.channel == "insecure-tcp":
+        raise VmbackupError(
+            "the insecure-tcp data channel is refused for restores: it would serve %s writable on "
+            "hypervisor %s to whoever connects first, without authentication; nothing was written. Use "
+            "data_channel=tls (authenticated and encrypted) or ssh." % (target, hv.label))
+
+
 class NbdExport:
     """qemu-nbd on the hypervisor, reachable from the node through ``source_args()``/``target_args()``
     and ``spec`` (the image name for qemu-img).
@@ -273,11 +282,8 @@ class NbdExport:
         self.channel = hv.channel if self.remote else "ssh"
         self.tcp = self.channel in ("tls", "insecure-tcp")
         self.tls = self.channel == "tls"
-        if self.writable and self.channel == "insecure-tcp":
-            raise VmbackupError(
-                "the insecure-tcp data channel is refused for restores: it would serve %s writable on "
-                "hypervisor %s to whoever connects first, without authentication. Use data_channel=tls "
-                "(authenticated and encrypted) or ssh." % (image, hv.label))
+        if self.writable:
+            refuse_insecure_restore(hv, image)
         self.tmpdir = tempfile.mkdtemp(prefix="vmbackup-nbd-")  # 0700, the node's end
         tag = uuid.uuid4().hex
         self.local_socket = os.path.join(self.tmpdir, "nbd.sock")
