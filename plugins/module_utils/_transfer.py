@@ -459,7 +459,7 @@ class NbdExport:
         if failed and self.tls and isinstance(exc, CommandError) and "TLS" in (exc.stderr or ""):
             first = [ln for ln in exc.stderr.splitlines() if "TLS" in ln][0].strip()
             raise VmbackupError(
-                "the TLS handshake %s failed%s: %s. The server did not accept this transfer's pre-shared "
+                "the TLS handshake failed while %s%s: %s. The server did not accept this transfer's pre-shared "
                 "key (or is not the export made for it): check that nothing else listens on %s:%s of the "
                 "hypervisor and that data_address is the hypervisor's own address."
                 % (self._doing(), tool, first, self.hv.data_address, self.port),
@@ -467,7 +467,7 @@ class NbdExport:
         if failed:
             if self.exit_status not in (None, "0") and isinstance(exc, CommandError):
                 raise VmbackupError(
-                    "the NBD server vanished %s%s: qemu-nbd ended with %s (%s). Nothing that this transfer "
+                    "the NBD server vanished while %s%s: qemu-nbd ended with %s (%s). Nothing that this transfer "
                     "wrote is kept; check the hypervisor (memory, its log) and run it again."
                     % (self._doing(), tool, _status(self.exit_status), self.err.strip() or "no message"),
                     cmd=exc.argv, rc=exc.rc, stderr=self.err.strip())
