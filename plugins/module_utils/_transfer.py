@@ -153,7 +153,7 @@ class Hypervisor:
         return rc == 0
 
 
-def ssh_failure_message(hv, stderr, doing=None):
+def ssh_failure_message(hv, stderr, doing=None, remedy=None):
     """One message for an ssh that ended with 255: what failed, why, and what to do.
 
     ``doing`` names the transfer that was under way, for a connection lost in the middle of it.
@@ -170,10 +170,10 @@ def ssh_failure_message(hv, stderr, doing=None):
     elif "Permission denied" in err:
         hint = "The backup node's key is not authorized for %s@%s: run the vmbackup.libvirt.prep playbook." % (hv.user, hv.host)
     elif doing or _lost_connection(err):
-        last = err.splitlines()[-1] if err else "the ssh process ended with rc=255"
-        return ("lost the SSH connection from the backup node to %s@%s port %s while %s: %s. Nothing "
-                "that this transfer wrote is kept; check the network and the hypervisor, then run it again."
-                % (hv.user, hv.host, hv.port, doing or "it was in use", last))
+        last = err.splitlines()[-1].strip().rstrip(".") if err else "the ssh process ended with rc=255"
+        return ("lost the SSH connection from the backup node to %s@%s port %s while %s: %s. %s"
+                % (hv.user, hv.host, hv.port, doing or "it was in use", last,
+                   remedy or "Check the network and the hypervisor, then run it again."))
     return "SSH from the backup node to %s@%s port %s failed: %s. %s" % (hv.user, hv.host, hv.port, err, hint)
 
 
@@ -451,10 +451,14 @@ class NbdExport:
         lost = self.remote and self.proc is not None and self.proc.returncode == 255
         tool = ""
         if isinstance(exc, CommandError):
-            tool = " (%s, rc=%s)" % (" ".join(str(a) for a in exc.argv[:2]), exc.rc)
+            tool = " (%s, rc=%s)" % (" ".join([os.path.basename(str(exc.argv[0]))] + [str(a) for a in exc.argv[1:2]]), exc.rc)
         if lost:
             # One message for the lost connection, not qemu-img's dozen I/O errors.
-            raise VmbackupError(ssh_failure_message(self.hv, self.err, doing=self._doing() + tool),
+            remedy = ("The target is incomplete: check the network and the hypervisor, then run the restore "
+                      "again (force=true writes it again)." if self.writable else
+                      "Nothing of this transfer is kept: check the network and the hypervisor, then run the "
+                      "backup again.")
+            raise VmbackupError(ssh_failure_message(self.hv, self.err, doing=self._doing() + tool, remedy=remedy),
                                 cmd=getattr(exc, "argv", None), rc=255, stderr=self.err.strip())
         if failed and self.tls and isinstance(exc, CommandError) and "TLS" in (exc.stderr or ""):
             first = [ln for ln in exc.stderr.splitlines() if "TLS" in ln][0].strip()

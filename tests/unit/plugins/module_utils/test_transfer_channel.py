@@ -208,7 +208,7 @@ def test_dropped_ssh_connection_is_named_once(tmp_path, channel):
                           % channel.upper() if channel == "tls" else
                           "lost the SSH connection from the backup node to root@hv1.example.com port 2222 "
                           "while reading /img/vm1.qcow2 on hypervisor hv1.example.com over the ssh data channel"), msg
-    assert "closed by remote host" in msg and "(qemu-img convert, rc=1)" in msg
+    assert "closed by remote host. Nothing of this transfer is kept" in msg and "(qemu-img convert, rc=1)" in msg
     assert "Input/output error" not in msg
     assert not os.path.exists(str(tmp_path / "o.qcow2")) and not os.path.exists(str(tmp_path / "o.qcow2.part"))
 
