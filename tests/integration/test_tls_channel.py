@@ -142,6 +142,35 @@ def vm(libvirt, sshd):
     cleanup_vm(VM)
 
 
+class NbdWatcher:
+    """Records the qemu-nbd command lines that serve ``needle`` while a playbook runs."""
+
+    def __init__(self, needle):
+        self.needle = needle
+        self.seen = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while not self.stop.is_set():
+            for c in cmdlines().values():
+                if c.startswith("qemu-nbd ") and self.needle in c:
+                    self.seen.add(c)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def served_over_tls(cmdline):
+    return "--tls-creds vmbackup-tls" in cmdline and "-b %s" % HV1["address"] in cmdline and "--shared=1" in cmdline
+
+
 def test_backup_full_incremental_and_restore_over_tls(vm, playbook, work):
     """Full + incremental of a running guest and a restore, all over data_channel=tls: equal data."""
     repo = os.path.join(work, "repo")
@@ -150,7 +179,10 @@ def test_backup_full_incremental_and_restore_over_tls(vm, playbook, work):
             "vmbackup_data_address": HV1["address"]}
     domains.guest_write(vm, "/dev/vda", 0, 4 * MiB, seed=11)
     domains.guest_write(vm, "/dev/vdb", 2 * MiB, 2 * MiB, seed=12)
-    playbook.run(BACKUP, inv, base)
+    with NbdWatcher("/%s-vd" % vm) as watch:
+        playbook.run(BACKUP, inv, base)
+    # The full images went through qemu-nbd with TLS on the data address, read-only.
+    assert watch.seen and all(served_over_tls(c) and "--read-only" in c for c in watch.seen), watch.seen
     domains.guest_write(vm, "/dev/vda", 20 * MiB, 3 * MiB, seed=13)
     domains.guest_write(vm, "/dev/vdb", 10 * MiB, 1 * MiB, seed=14)
     state = {t: domains.guest_sha256(vm, "/dev/" + t) for t in ("vda", "vdb")}
@@ -161,8 +193,10 @@ def test_backup_full_incremental_and_restore_over_tls(vm, playbook, work):
     assert found[1]["bytes_sent"] <= 4 * MiB * 1.1 + MiB
 
     cleanup_vm(RESTORED)
-    playbook.run(RESTORE, inv, {"vmbackup_vm": vm, "vmbackup_restore_name": RESTORED, "vmbackup_repository": repo,
-                                "vmbackup_data_channel": "tls", "vmbackup_data_address": HV1["address"]})
+    with NbdWatcher("/%s-vd" % RESTORED) as watch:
+        playbook.run(RESTORE, inv, {"vmbackup_vm": vm, "vmbackup_restore_name": RESTORED, "vmbackup_repository": repo,
+                                    "vmbackup_data_channel": "tls", "vmbackup_data_address": HV1["address"]})
+    assert len(watch.seen) >= 2 and all(served_over_tls(c) and "--read-only" not in c for c in watch.seen), watch.seen
     restored = dict(domains.domblklist(RESTORED))
     assert image_sha256(restored["vda"], "qcow2") == state["vda"]
     assert image_sha256(restored["vdb"], "raw") == state["vdb"]
