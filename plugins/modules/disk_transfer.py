@@ -102,7 +102,7 @@ options:
         server (C(qemu-nbd)) accepts one client, binds only O(data_address), and exits when that
         client is done; a client without the key, or without TLS, is refused. Faster than V(ssh)
         on fast networks.
-      - V(insecure-tcp) is the same without TLS: no authentication, no encryption (anyone who
+      - V(insecure-tcp) is the same without TLS, so without authentication or encryption (anyone who
         connects first reads the disk). Kept as a reference for benchmarks; refused for
         O(direction=restore).
       - The former V(tcp) channel is gone; V(tls) replaces it.

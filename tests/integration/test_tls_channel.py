@@ -240,16 +240,16 @@ def test_export_refuses_other_clients_and_serves_its_own(work):
         assert len(key) == 64
         assert [c for c in cmdlines().values() if key in c] == []
         # Bound to the address given, nothing else.
-        listening = subprocess.run(["ss", "-Hltn", "sport = :%d" % port], capture_output=True, text=True).stdout
+        listening = subprocess.run(["ss", "-Hltn", "sport = :%d" % port], capture_output=True, text=True, check=False).stdout
         assert "%s:%d" % (host, port) in listening and "0.0.0.0:%d" % port not in listening, listening
 
         plain = subprocess.run(["timeout", "30", "qemu-img", "info", "nbd://%s:%d/" % (host, port)],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
         assert plain.returncode != 0 and "TLS" in plain.stderr, plain.stderr
         bad = subprocess.run(["timeout", "30", "qemu-img", "info", "--object",
                               "tls-creds-psk,id=t0,endpoint=client,dir=%s,username=vmbackup" % wrong,
                               "--image-opts", "driver=nbd,host=%s,port=%d,tls-creds=t0" % (host, port)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
         assert bad.returncode != 0 and "TLS handshake failed" in bad.stderr, bad.stderr
 
         # The transfer's own client (the node's key): qemu-io holds the one connection.
@@ -262,12 +262,12 @@ def test_export_refuses_other_clients_and_serves_its_own(work):
         assert "read 8388608/8388608 bytes" in first, first
         # A second client with the right key while the first is connected gets nothing.
         second = subprocess.run(["timeout", "15", "qemu-img", "info"] + nbd.source_args() + [nbd.spec],
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, check=False)
         assert second.returncode != 0 and "virtual size" not in second.stdout, (second.stdout, second.stderr)
         # ... and the first one goes on: the data are the image's.
         client.stdin.write("read -P 0xa5 16M 4M\nread -P 0 24M 8M\nquit\n")
         client.stdin.flush()
-        rest, _ = client.communicate(timeout=120)
+        rest = client.communicate(timeout=120)[0]
         assert rest.count("bytes at offset") == 2 and "Pattern verification failed" not in rest, rest
         assert client.returncode == 0
     # qemu-nbd exited cleanly (no exception); the key files on both ends are gone.
@@ -304,6 +304,12 @@ def _drop_ssh_during(channel, work, tag):
                                                                                     nbd.spec, out],
                              what="copying %s from hypervisor %s" % (image, hv.label), hint="")
     assert killed, "the export's SSH connection was not found"
+    # The hypervisor's end noticed: qemu-nbd stopped, its directory (key file included) removed.
+    deadline = time.time() + 60
+    while os.path.exists(nbd.remote_dir) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not os.path.exists(nbd.remote_dir) and not os.path.exists(nbd.tmpdir)
+    assert [c for c in cmdlines().values() if c.startswith("qemu-nbd ") and nbd.remote_dir in c] == []
     return err.value.msg, image
 
 

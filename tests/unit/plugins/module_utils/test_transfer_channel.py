@@ -235,8 +235,9 @@ def test_vanished_server_is_named(tmp_path):
 
 
 def test_tls_handshake_failure_is_explained(tmp_path):
-    runner = FakeRunner(tmp_path, convert_fails="qemu-img: Could not open 'driver=nbd,...': TLS handshake failed: "
-                                                 "The TLS connection was non-properly terminated.")
+    stderr = ("qemu-img: Could not open 'driver=nbd,...': TLS handshake failed: "
+              "The TLS connection was non-properly terminated.")
+    runner = FakeRunner(tmp_path, convert_fails=stderr)
     with pytest.raises(VmbackupError) as err:
         transfer.pull_full(runner, hv_for(runner, "tls", tmp_path), "/img/vm1.qcow2", "qcow2", str(tmp_path / "o.qcow2"))
     assert err.value.msg.startswith("the TLS handshake failed while reading /img/vm1.qcow2 on hypervisor hv1.example.com over the "
