@@ -67,6 +67,7 @@ def backup(module, runner, hv):
 def restore(module, runner, hv):
     p = module.params
     target = p["image"]
+    transfer.refuse_insecure_restore(hv, target)
     for item in p["verify"]:
         actual = transfer.sha256_file(item["path"])
         if actual != item["sha256"]:

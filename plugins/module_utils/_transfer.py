@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -47,12 +49,17 @@ CONNECTION_ARGSPEC = dict(
     ready_timeout=dict(type="int", default=60),
 )
 
-# The plain TCP data channel (disk_transfer only).
+# The fast data channels (disk_transfer only): ssh (the default, inside the SSH connection),
+# tls (NBD over TLS with a pre-shared key made for each transfer) and insecure-tcp (plain NBD,
+# no authentication at all: a bench reference, refused for restores).
+DATA_CHANNELS = ("ssh", "tls", "insecure-tcp")
 DATA_CHANNEL_ARGSPEC = dict(
-    data_channel=dict(type="str", default="ssh", choices=["ssh", "tcp"]),
-    tcp_address=dict(type="str"),
-    tcp_port=dict(type="int", default=0),
+    data_channel=dict(type="str", default="ssh", choices=list(DATA_CHANNELS)),
+    data_address=dict(type="str"),
+    data_port=dict(type="int", default=0),
 )
+# The user name of the pre-shared key (qemu's tls-creds-psk): not a secret; the key is.
+PSK_USER = "vmbackup"
 
 
 # The cache mode of every image qemu-img writes into the repository. Without -t, qemu-img
@@ -86,11 +93,15 @@ class Hypervisor:
         self.known_hosts = os.path.expanduser(params.get("known_hosts") or "~/.ssh/known_hosts")
         self.extra = params.get("ssh_options") or []
         self.ready_timeout = params.get("ready_timeout") or 60
-        # tcp: bulk data over plain NBD/TCP to an address of the hypervisor (trusted networks
-        # only: no encryption); the SSH session still sets it up and tears it down.
+        # tls / insecure-tcp: bulk data over NBD on a TCP port of the hypervisor's data_address;
+        # the SSH session still sets the server up (and hands it the key) and tears it down.
         self.channel = params.get("data_channel") or "ssh"
-        self.tcp_address = params.get("tcp_address") or self.host or "127.0.0.1"
-        self.tcp_port = params.get("tcp_port") or 0
+        if self.channel not in DATA_CHANNELS:
+            raise VmbackupError("data_channel %r is not one of %s (the plain channel 'tcp' is now called "
+                                "'insecure-tcp'; 'tls' is its authenticated, encrypted replacement)"
+                                % (self.channel, ", ".join(DATA_CHANNELS)))
+        self.data_address = params.get("data_address") or self.host or "127.0.0.1"
+        self.data_port = params.get("data_port") or 0
         if self.transport == "ssh":
             if not self.host:
                 raise VmbackupError("ssh_host is required with transport=ssh")
@@ -144,7 +155,11 @@ class Hypervisor:
         return rc == 0
 
 
-def ssh_failure_message(hv, stderr):
+def ssh_failure_message(hv, stderr, doing=None, remedy=None):
+    """One message for an ssh that ended with 255: what failed, why, and what to do.
+
+    ``doing`` names the transfer that was under way, for a connection lost in the middle of it.
+    """
     err = (stderr or "").strip()
     hint = "Check that the hypervisor is reachable and that the backup node's key is authorized there."
     if "host key is known" in err:
@@ -156,14 +171,108 @@ def ssh_failure_message(hv, stderr):
                 "intercepting the connection." % hv.known_hosts)
     elif "Permission denied" in err:
         hint = "The backup node's key is not authorized for %s@%s: run the vmbackup.libvirt.prep playbook." % (hv.user, hv.host)
+    elif doing or _lost_connection(err):
+        last = err.splitlines()[-1].strip().rstrip(".") if err else "the ssh process ended with rc=255"
+        return ("lost the SSH connection from the backup node to %s@%s port %s while %s: %s. %s"
+                % (hv.user, hv.host, hv.port, doing or "it was in use", last,
+                   remedy or "Check the network and the hypervisor, then run it again."))
     return "SSH from the backup node to %s@%s port %s failed: %s. %s" % (hv.user, hv.host, hv.port, err, hint)
 
 
-class NbdExport:
-    """qemu-nbd on the hypervisor, reachable on the node at ``self.url``.
+def _lost_connection(err):
+    return any(m in err for m in ("closed by remote host", "Broken pipe", "Connection reset",
+                                  "Timeout, server", "client_loop:", "Connection closed"))
 
-    By default through its unix socket, forwarded by the SSH session that started it; with
-    the tcp data channel, on a TCP port of the hypervisor's address (one client, then it exits).
+
+def _qemu_opt(value):
+    """A value inside a QEMU option string (``--object``, ``--image-opts``): commas doubled."""
+    return str(value).replace(",", ",,")
+
+
+# The server side of an NBD export, run by python3 on the hypervisor (or the node, for
+# transport=local). A fixed text: every value comes as one JSON argument, the key (if any)
+# as the first line of stdin, never on a command line. It makes the export's private 0700
+# directory (it must not exist yet), writes the key file (0600) there, starts qemu-nbd (no
+# --fork: its exit status is the verdict on the transfer, on restores its final flush), says
+# READY when qemu-nbd wrote its pid file (it listens by then), waits until the node closes
+# stdin (or the connection drops). After "done" (the transfer succeeded) it waits for qemu-nbd
+# to exit (its client is gone, it flushes), otherwise it stops it; it reports qemu-nbd's exit
+# status and removes the directory, key and socket included, whatever happened.
+NBD_SERVER = r'''
+import json, os, shutil, signal, subprocess, sys, time
+a = json.loads(sys.argv[1])
+d = a["dir"]
+def stop(*_ignored):
+    raise SystemExit(1)
+for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signal.signal(s, stop)
+made = False
+p = None
+try:
+    os.mkdir(d, 0o700)
+    made = True
+    key = sys.stdin.readline().strip()
+    if a["tls"]:
+        if len(key) < 32:
+            sys.stderr.write("vmbackup: no pre-shared key arrived on stdin\n")
+            raise SystemExit(3)
+        fd = os.open(os.path.join(d, "keys.psk"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, ("%s:%s\n" % (a["user"], key)).encode())
+        os.close(fd)
+    key = None
+    pid = os.path.join(d, "qemu-nbd.pid")
+    p = subprocess.Popen(a["argv"] + ["--pid-file=" + pid, a["image"]],
+                         stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+    end = time.time() + a["timeout"]
+    while not os.path.exists(pid) and p.poll() is None and time.time() < end:
+        time.sleep(0.05)
+    if not os.path.exists(pid):
+        sys.stderr.write("vmbackup: qemu-nbd did not start (rc=%s)\n" % p.poll())
+        raise SystemExit(4)
+    sys.stdout.write(a["ready"] + "\n")
+    sys.stdout.flush()
+    done = sys.stdin.read().strip() == "done"
+    try:
+        rc = p.wait(a["close_timeout"] if done else 2)
+    except subprocess.TimeoutExpired:
+        p.terminate()
+        p.wait()
+        rc = "still-running" if done else "stopped"
+    sys.stdout.write("%s %s\n" % (a["done"], rc))
+    sys.stdout.flush()
+finally:
+    if p is not None and p.poll() is None:
+        p.kill()
+        p.wait()
+    if made:
+        shutil.rmtree(d, ignore_errors=True)
+'''
+DONE = "VMBACKUP-NBD-EXIT"
+
+
+def refuse_insecure_restore(hv, target):
+    """Restores never go over the unauthenticated channel: whoever connects first could write the disk."""
+    if hv.transport == "ssh" and hv.channel == "insecure-tcp":
+        raise VmbackupError(
+            "the insecure-tcp data channel is refused for restores: it would serve %s writable on "
+            "hypervisor %s to whoever connects first, without authentication; nothing was written. Use "
+            "data_channel=tls (authenticated and encrypted) or ssh." % (target, hv.label))
+
+
+class NbdExport:
+    """qemu-nbd on the hypervisor, reachable from the node through ``source_args()``/``target_args()``
+    and ``spec`` (the image name for qemu-img).
+
+    Data channels:
+    - ssh (default): qemu-nbd on a unix socket in a private directory, forwarded by the SSH
+      session that started it;
+    - tls: qemu-nbd on ``data_address:data_port`` of the hypervisor, NBD over TLS with a
+      pre-shared key made for this transfer (``tls-creds-psk`` on both ends, the key in a 0600
+      file in a 0700 directory on each end, sent to the hypervisor over the SSH session's
+      stdin), one client (``--shared=1``, no ``--persistent``: it exits when that client is done);
+    - insecure-tcp: the same without TLS (no authentication: anyone who connects first reads
+      the disk); refused for writable exports (restores).
+    On close, qemu-nbd must have exited cleanly (on restores that exit is the final flush).
     """
 
     def __init__(self, hv, image, fmt, writable=False):
@@ -171,23 +280,69 @@ class NbdExport:
         self.image = image
         self.fmt = fmt
         self.writable = writable
-        self.tmpdir = tempfile.mkdtemp(prefix="vmbackup-nbd-")
-        tag = uuid.uuid4().hex[:12]
+        self.remote = hv.transport == "ssh"
+        self.channel = hv.channel if self.remote else "ssh"
+        self.tcp = self.channel in ("tls", "insecure-tcp")
+        self.tls = self.channel == "tls"
+        if self.writable:
+            refuse_insecure_restore(hv, image)
+        self.tmpdir = tempfile.mkdtemp(prefix="vmbackup-nbd-")  # 0700, the node's end
+        tag = uuid.uuid4().hex
         self.local_socket = os.path.join(self.tmpdir, "nbd.sock")
-        self.remote_socket = self.local_socket if hv.transport == "local" else "/tmp/vmbackup-nbd-%s.sock" % tag
-        self.tcp = hv.transport == "ssh" and hv.channel == "tcp"
-        self.port = hv.tcp_port or 20000 + int(tag[:4], 16) % 20000
+        # The server's private directory: made (0700, must not exist) by NBD_SERVER.
+        self.remote_dir = os.path.join(self.tmpdir, "srv") if not self.remote else "/tmp/vmbackup-nbd-%s" % tag
+        self.remote_socket = os.path.join(self.remote_dir, "nbd.sock")
+        if not self.remote:
+            self.local_socket = self.remote_socket
+        self.port = hv.data_port or 20000 + int(tag[:4], 16) % 20000
+        self.key = secrets.token_hex(32) if self.tls else None
         self.proc = None
+        self.exit_status = None
+        self.err = ""
+        self._stdout = b""
+
+    # --- the node's end -------------------------------------------------------------------
 
     @property
     def url(self):
+        """An NBD URL for clients that need no TLS credentials (ssh and insecure-tcp channels)."""
+        if self.tls:
+            raise VmbackupError("the tls data channel has no plain URL: use source_args()/target_args() and spec")
         if self.tcp:
-            return "nbd://%s:%d/" % (self.hv.tcp_address, self.port)
+            return "nbd://%s:%d/" % (_url_host(self.hv.data_address), self.port)
         return "nbd+unix:///?socket=%s" % self.local_socket
 
-    def _nbd_argv(self):
-        where = ["-b", self.hv.tcp_address, "-p", str(self.port)] if self.tcp else ["-k", self.remote_socket]
-        argv = ["qemu-nbd", "--fork", "--pid-file=%s.pid" % self.remote_socket, "-f", self.fmt] + where
+    @property
+    def spec(self):
+        """The export as qemu-img names it: an URL, or (tls) an --image-opts string."""
+        if not self.tls:
+            return self.url
+        return "driver=nbd,host=%s,port=%d,tls-creds=vmbackup-tls" % (_qemu_opt(self.hv.data_address), self.port)
+
+    def _client_object(self):
+        return ["--object", "tls-creds-psk,id=vmbackup-tls,endpoint=client,dir=%s,username=%s"
+                % (_qemu_opt(self.tmpdir), PSK_USER)]
+
+    def source_args(self):
+        """qemu-img convert options that read ``spec`` as the (raw) source."""
+        return self._client_object() + ["--image-opts"] if self.tls else ["-f", "raw"]
+
+    def target_args(self):
+        """qemu-img convert options that write ``spec`` as the (raw) target (with -n)."""
+        return self._client_object() + ["--target-image-opts"] if self.tls else ["-O", "raw"]
+
+    # --- the hypervisor's end -------------------------------------------------------------
+
+    def nbd_argv(self):
+        """qemu-nbd's arguments (NBD_SERVER adds --pid-file and the image): nothing secret."""
+        if self.tcp:
+            where = ["-b", self.hv.data_address, "-p", str(self.port), "--shared=1"]
+        else:
+            where = ["-k", self.remote_socket, "--shared=1"]
+        argv = ["qemu-nbd", "-f", self.fmt] + where
+        if self.tls:
+            argv += ["--object", "tls-creds-psk,id=vmbackup-tls,endpoint=server,dir=%s" % _qemu_opt(self.remote_dir),
+                     "--tls-creds", "vmbackup-tls"]
         # writeback, not none: O_DIRECT fails on tmpfs, ZFS and others; qemu-nbd flushes
         # (fsync) before it exits, and qemu-img convert asks for a flush at the end.
         argv.append("--cache=writeback")
@@ -195,28 +350,44 @@ class NbdExport:
             argv += ["--discard=unmap", "--detect-zeroes=unmap"]
         else:
             argv += ["--read-only"]
-        return argv + [self.image]
+        return argv
+
+    def server_params(self):
+        return {"dir": self.remote_dir, "argv": self.nbd_argv(), "image": self.image, "tls": self.tls,
+                "user": PSK_USER, "ready": READY, "done": DONE, "timeout": self.hv.ready_timeout,
+                "close_timeout": CLOSE_TIMEOUT}
+
+    def server_argv(self):
+        """The command that runs NBD_SERVER: on the node (local) or through ssh (remote)."""
+        params = json.dumps(self.server_params(), sort_keys=True)
+        if not self.remote:
+            return [sys.executable, "-c", NBD_SERVER, params]
+        remote = "python3 -c %s %s" % (shlex.quote(NBD_SERVER), shlex.quote(params))
+        if self.channel == "ssh":
+            return self.hv.ssh_argv(forward="%s:%s" % (self.local_socket, self.remote_socket)) + [remote]
+        return self.hv.ssh_argv() + [remote]
 
     def __enter__(self):
-        nbd = " ".join(shlex.quote(a) for a in self._nbd_argv())
-        sock = shlex.quote(self.remote_socket)
-        # The shell keeps the SSH session (and so the forward) open until the node closes
-        # its stdin; then, or when the connection drops, it stops qemu-nbd and cleans up.
-        script = ("trap 'kill $(cat %s.pid 2>/dev/null) 2>/dev/null; rm -f %s %s.pid' EXIT; "
-                  "%s || exit $?; echo %s; read _ignored || true" % (sock, sock, sock, nbd, READY))
-        if self.hv.transport == "local":
-            argv = ["sh", "-c", script]
-            self.proc = self.hv.runner.spawn(argv, stdin=-1)
-        elif self.tcp:
-            self.proc = self.hv.runner.spawn(self.hv.ssh_argv() + [script], stdin=-1, resolve=True)
-        else:
-            argv = self.hv.ssh_argv(forward="%s:%s" % (self.local_socket, self.remote_socket)) + [script]
-            self.proc = self.hv.runner.spawn(argv, stdin=-1, resolve=True)
-        self._wait_ready()
+        try:
+            if self.tls:
+                fd = os.open(os.path.join(self.tmpdir, "keys.psk"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write("%s:%s\n" % (PSK_USER, self.key))
+            self.proc = self.hv.runner.spawn(self.server_argv(), stdin=-1, resolve=self.remote)
+            try:
+                self.proc.stdin.write(("%s\n" % (self.key or "")).encode())
+                self.proc.stdin.flush()
+            except OSError:
+                pass  # the session ended already: _wait_ready says why
+            self.key = None  # in the two key files only, from now on
+            self._wait_ready()
+        except BaseException:
+            self._stop()
+            raise
         return self
 
     def _wait_ready(self):
-        deadline = time.time() + self.hv.ready_timeout
+        deadline = time.time() + self.hv.ready_timeout + 15
         buf = b""
         while time.time() < deadline:
             ready, _w, _x = select.select([self.proc.stdout], [], [], 0.5)
@@ -226,7 +397,8 @@ class NbdExport:
                     break
                 buf += chunk
                 if READY.encode() in buf:
-                    if self.tcp:
+                    self._stdout = buf
+                    if self.channel != "ssh" or not self.remote:
                         return
                     # The forward is up once ssh authenticated; wait for the node-side socket too.
                     for _i in range(100):
@@ -237,33 +409,102 @@ class NbdExport:
             elif self.proc.poll() is not None:
                 break
         err = self._stop()
-        if self.hv.transport == "ssh" and self.proc.returncode == 255:
+        if self.remote and self.proc.returncode == 255:
             raise VmbackupError(ssh_failure_message(self.hv, err))
         raise VmbackupError(
             "could not serve %s (%s) with qemu-nbd on hypervisor %s: %s. Check that qemu-nbd "
-            "(Debian: qemu-utils, RHEL: qemu-img) is installed there and that the image exists."
-            % (self.image, self.fmt, self.hv.label, (err or "no answer within %ss" % self.hv.ready_timeout).strip()))
+            "(Debian: qemu-utils, RHEL: qemu-img) and python3 are installed there, that the image exists%s."
+            % (self.image, self.fmt, self.hv.label, (err or "no answer within %ss" % self.hv.ready_timeout).strip(),
+               " and that %s:%s is free on it (data_address, data_port)" % (self.hv.data_address, self.port)
+               if self.tcp else ""))
 
-    def _stop(self):
-        err = ""
-        if self.proc and self.proc.poll() is None:
+    def _stop(self, done=False):
+        """End the session: after ``done`` qemu-nbd exits by itself (its one client is gone),
+        otherwise it is stopped. Collects qemu-nbd's exit status; returns the session's stderr."""
+        if self.proc is not None and self.proc.returncode is None:
             try:
-                self.proc.stdin.close()
+                if done:
+                    self.proc.stdin.write(b"done\n")
+                    self.proc.stdin.flush()
             except OSError:
-                pass
+                pass  # communicate() closes stdin: the server's end of the session
             try:
-                self.proc.wait(timeout=30)
+                out, err = self.proc.communicate(timeout=CLOSE_TIMEOUT + 30)
             except Exception:
                 self.proc.kill()
-                self.proc.wait()
-        if self.proc and self.proc.stderr:
-            err = self.proc.stderr.read().decode("utf-8", "replace")
+                out, err = self.proc.communicate()
+            out = self._stdout + (out or b"")
+            self.err = (err or b"").decode("utf-8", "replace")
+            for line in out.decode("utf-8", "replace").splitlines():
+                if line.startswith(DONE + " "):
+                    self.exit_status = line.split(" ", 1)[1].strip()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
-        return err
+        return self.err
 
-    def __exit__(self, *exc):
-        self._stop()
+    def _doing(self):
+        where = ("over the TLS data channel to %s:%s" % (self.hv.data_address, self.port) if self.tls else
+                 "over the insecure-tcp data channel to %s:%s" % (self.hv.data_address, self.port) if self.tcp else
+                 "over the ssh data channel")
+        return "%s %s on hypervisor %s %s" % ("writing" if self.writable else "reading", self.image, self.hv.label, where)
+
+    def __exit__(self, exc_type, exc, _tb):
+        failed = exc_type is not None
+        self._stop(done=not failed)
+        lost = self.remote and self.proc is not None and self.proc.returncode == 255
+        tool = ""
+        if isinstance(exc, CommandError):
+            tool = " (%s, rc=%s)" % (" ".join([os.path.basename(str(exc.argv[0]))] + [str(a) for a in exc.argv[1:2]]), exc.rc)
+        if lost:
+            # One message for the lost connection, not qemu-img's dozen I/O errors.
+            remedy = ("The target is incomplete: check the network and the hypervisor, then run the restore "
+                      "again (force=true writes it again)." if self.writable else
+                      "Nothing of this transfer is kept: check the network and the hypervisor, then run the "
+                      "backup again.")
+            raise VmbackupError(ssh_failure_message(self.hv, self.err, doing=self._doing() + tool, remedy=remedy),
+                                cmd=getattr(exc, "argv", None), rc=255, stderr=self.err.strip())
+        if failed and self.tls and isinstance(exc, CommandError) and "TLS" in (exc.stderr or ""):
+            first = [ln for ln in exc.stderr.splitlines() if "TLS" in ln][0].strip()
+            raise VmbackupError(
+                "the TLS handshake failed while %s%s: %s. The server did not accept this transfer's pre-shared "
+                "key (or is not the export made for it): check that nothing else listens on %s:%s of the "
+                "hypervisor and that data_address is the hypervisor's own address."
+                % (self._doing(), tool, first, self.hv.data_address, self.port),
+                cmd=exc.argv, rc=exc.rc, stderr=exc.stderr)
+        if failed:
+            if self.exit_status not in (None, "0") and isinstance(exc, CommandError):
+                raise VmbackupError(
+                    "the NBD server vanished while %s%s: qemu-nbd ended with %s (%s). Nothing that this transfer "
+                    "wrote is kept; check the hypervisor (memory, its log) and run it again."
+                    % (self._doing(), tool, _status(self.exit_status), self.err.strip() or "no message"),
+                    cmd=exc.argv, rc=exc.rc, stderr=self.err.strip())
+            return False
+        if self.exit_status != "0":
+            raise VmbackupError(
+                "qemu-nbd did not exit cleanly after %s: %s%s. %s"
+                % (self._doing(), _status(self.exit_status), "; stderr: %s" % self.err.strip() if self.err.strip() else "",
+                   "The target may not be flushed: run the restore again with force=true."
+                   if self.writable else "Run the backup again; nothing of this transfer is kept."),
+                rc=self.proc.returncode if self.proc else None, stderr=self.err.strip())
         return False
+
+
+CLOSE_TIMEOUT = 300  # seconds qemu-nbd may take to flush and exit once its client is done
+
+
+def _status(status):
+    if status is None:
+        return "no exit status (the server's session ended without reporting one)"
+    if status == "still-running":
+        return "still running %d s after its client was done (stopped)" % CLOSE_TIMEOUT
+    try:
+        rc = int(status)
+    except ValueError:
+        return "status %s" % status
+    return "signal %d" % -rc if rc < 0 else "rc=%d" % rc
+
+
+def _url_host(address):
+    return "[%s]" % address if ":" in address else address
 
 
 class Progress:
@@ -385,7 +626,7 @@ def _pull_full(runner, hv, image, fmt, part, out, what, progress):
                 progress=progress)
     else:
         with NbdExport(hv, image, fmt) as nbd:
-            convert(runner, ["qemu-img", "convert", "-f", "raw"] + out + [nbd.url, part], what=what,
+            convert(runner, ["qemu-img", "convert"] + nbd.source_args() + out + [nbd.spec, part], what=what,
                     hint="If the connection dropped, run the backup again; nothing was kept.",
                     progress=progress)
 
@@ -395,10 +636,10 @@ def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
     part = dest + ".part"
     progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest))
     try:
-        if hv.transport == "ssh" and hv.channel == "tcp":
+        if hv.transport == "ssh" and hv.channel in ("tls", "insecure-tcp"):
             # The overlay file's bytes, served raw over the TCP data channel.
             with NbdExport(hv, image, "raw") as nbd, _files.private_umask():
-                convert(runner, ["qemu-img", "convert", "-f", "raw", "-O", "raw", nbd.url, part],
+                convert(runner, ["qemu-img", "convert"] + nbd.source_args() + ["-O", "raw", nbd.spec, part],
                         what="copying %s from hypervisor %s" % (image, hv.label),
                         hint="If the connection dropped, run the backup again; nothing was kept.",
                         progress=Progress(progress.path, progress.label, watch=part))
@@ -465,10 +706,10 @@ def push(runner, hv, source, target, target_format, target_is_zero=False, progre
     progress = Progress(progress_file, "%s -> %s:%s" % (source, hv.label, target))
     try:
         with NbdExport(hv, target, target_format, writable=True) as nbd:
-            argv = ["qemu-img", "convert", "-n", "-f", source_format, "-O", "raw", "-m", "8", "-W"]
+            argv = ["qemu-img", "convert", "-n", "-f", source_format] + nbd.target_args() + ["-m", "8", "-W"]
             if target_is_zero:
                 argv.append("--target-is-zero")
-            convert(runner, argv + [source, nbd.url],
+            convert(runner, argv + [source, nbd.spec],
                     what="writing %s to %s on hypervisor %s" % (source, target, hv.label),
                     hint="The target is incomplete; run the restore again with force=true to overwrite it.",
                     progress=progress)

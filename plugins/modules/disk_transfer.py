@@ -25,7 +25,11 @@ description:
     target on the hypervisor (refusing an existing one unless O(force)), serves
     it writable with C(qemu-nbd) and writes the chain into it with
     C(qemu-img convert -n); zero regions of a new target are skipped.
-  - The stored image appears under its final name only when it is whole.
+  - The stored image appears under its final name only when it is whole. A transfer succeeds
+    only when C(qemu-nbd) on the hypervisor exited cleanly after it (on restores, that exit is
+    the final flush of the target).
+  - A lost SSH connection during a transfer fails it with one message that names the
+    hypervisor, its port, the image and the data channel.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
@@ -89,18 +93,29 @@ options:
     default: []
   data_channel:
     description:
-      - V(ssh) carries the data inside the SSH connection (encrypted).
-      - V(tcp) carries it over plain NBD/TCP to O(tcp_address):O(tcp_port) of the hypervisor, for
-        trusted backup networks where encryption costs too much. The SSH session still starts
-        and stops the server (C(qemu-nbd), one client, then it exits); checksums are the same.
+      - V(ssh) carries the data inside the SSH connection (encrypted, authenticated by SSH).
+      - V(tls) carries it over NBD with TLS to O(data_address):O(data_port) of the hypervisor,
+        authenticated and encrypted with a pre-shared key made for this transfer (qemu's
+        C(tls-creds-psk) on both ends). The key travels to the hypervisor over the SSH session's
+        stdin, lives in a 0600 file in a 0700 directory on each end while the transfer runs and is
+        removed afterwards; it never appears on a command line, in a log or in the result. The
+        server (C(qemu-nbd)) accepts one client, binds only O(data_address), and exits when that
+        client is done; a client without the key, or without TLS, is refused. Faster than V(ssh)
+        on fast networks.
+      - V(insecure-tcp) is the same without TLS, so without authentication or encryption (anyone who
+        connects first reads the disk). Kept as a reference for benchmarks; refused for
+        O(direction=restore).
+      - The former V(tcp) channel is gone; V(tls) replaces it.
     type: str
-    choices: [ssh, tcp]
+    choices: [ssh, tls, insecure-tcp]
     default: ssh
-  tcp_address:
-    description: The hypervisor's address the TCP data channel binds to and the node connects to. Default O(ssh_host).
+  data_address:
+    description:
+      - The hypervisor's address that the V(tls) and V(insecure-tcp) data channels bind to and the
+        node connects to. Default O(ssh_host).
     type: str
-  tcp_port:
-    description: The TCP port of the data channel; V(0) picks one between 20000 and 39999.
+  data_port:
+    description: The TCP port of those data channels; V(0) picks one between 20000 and 39999.
     type: int
     default: 0
   progress_file:
@@ -114,7 +129,7 @@ options:
     type: int
     default: 60
 requirements:
-  - OpenSSH client and qemu-img on the backup node; qemu-nbd on the hypervisor.
+  - OpenSSH client and qemu-img on the backup node; qemu-nbd and python3 on the hypervisor.
 """
 
 EXAMPLES = r"""

@@ -373,7 +373,7 @@ def test_ssh_connection_dropped(bed, repo):
     time.sleep(0.5)
     # Only the connection that serves this transfer (other test runs may use hv1 too): the shell on the
     # hypervisor side that runs qemu-nbd for our vdb, and the sshd child of the hv1 listener above it.
-    shells = find_procs("VMBACKUP-NBD-READY", bed.paths["vdb"], argv0="sh")
+    shells = find_procs("VMBACKUP-NBD-READY", bed.paths["vdb"], argv0="python3")
     conns = {c for c in (_sshd_connection_of(p, listener) for p in shells) if c}
     if conns:
         how = "killed sshd child %s" % sorted(conns)
