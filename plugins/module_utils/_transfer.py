@@ -433,19 +433,52 @@ def _copy_stream(src, path, progress):
 
 
 def push(runner, hv, source, target, target_format, target_is_zero=False, progress_file=None, source_format="qcow2"):
-    """Write the chain whose top is ``source`` (in the repository) into ``target`` on the hypervisor."""
+    """Write the chain whose top is ``source`` (in the repository) into ``target`` on the hypervisor.
+
+    ``-t writeback``: qemu-img's default cache mode for its output is ``unsafe``, which never
+    flushes; with writeback it sends a flush at the end, and qemu-nbd (--cache=writeback) fsyncs
+    the target before answering it, so a push that returns is on stable storage.
+    """
     progress = Progress(progress_file, "%s -> %s:%s" % (source, hv.label, target))
     try:
         with NbdExport(hv, target, target_format, writable=True) as nbd:
-            argv = ["qemu-img", "convert", "-n", "-f", source_format, "-O", "raw", "-m", "8", "-W"]
+            argv = ["qemu-img", "convert", "-n", "-f", source_format, "-O", "raw", "-t", "writeback",
+                    "-m", "8", "-W"]
             if target_is_zero:
                 argv.append("--target-is-zero")
             convert(runner, argv + [source, nbd.url],
                     what="writing %s to %s on hypervisor %s" % (source, target, hv.label),
-                    hint="The target is incomplete; run the restore again with force=true to overwrite it.",
+                    hint="The target is incomplete; nothing replaced the VM's disks. Run the restore again.",
                     progress=progress)
     finally:
         progress.close()
+
+
+def _nbd_opts(nbd, size):
+    """``json:`` options of the export, cut to ``size`` bytes (a target larger than the image)."""
+    if nbd.tcp:
+        server = {"type": "inet", "host": nbd.hv.tcp_address, "port": str(nbd.port)}
+    else:
+        server = {"type": "unix", "path": nbd.local_socket}
+    return "json:" + json.dumps({"driver": "raw", "size": int(size),
+                                 "file": {"driver": "nbd", "server": server}})
+
+
+def compare(runner, hv, source, target, target_format, size=None, source_format="qcow2"):
+    """Read the written ``target`` back and compare it with the chain ``source`` (qemu-img compare).
+
+    ``size``: the image's virtual size when the target is larger (an LV rounded up to
+    extents); the tail beyond it is not the restored disk's and is not compared.
+    """
+    with NbdExport(hv, target, target_format) as nbd:
+        url = _nbd_opts(nbd, size) if size else nbd.url
+        argv = ["qemu-img", "compare", "-f", source_format] + ([] if size else ["-F", "raw"]) + [source, url]
+        rc, out, err = runner.run(argv, what="comparing %s with the backup" % target, check_rc=False)
+    if rc != 0:
+        raise VmbackupError(
+            "the restored %s on hypervisor %s does not read back equal to the backup %s (qemu-img compare "
+            "rc=%s: %s); it is not used. Run the restore again; if it fails again, check the target's storage."
+            % (target, hv.label, source, rc, (out + " " + err).strip()), cmd=argv, rc=rc, stderr=err)
 
 
 def data_bytes(runner, path):
