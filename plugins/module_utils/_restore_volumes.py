@@ -231,8 +231,11 @@ def _rename(host, kind, src, dst):
     if kind == "file":
         if os.path.lexists(dst):
             raise VmbackupError("cannot rename %s to %s on host %s: %s exists" % (src, dst, host.name, dst))
-        os.rename(src, dst)
-        fsync_dir(os.path.dirname(dst) or "/")
+        try:
+            os.rename(src, dst)
+            fsync_dir(os.path.dirname(dst) or "/")
+        except OSError as exc:
+            raise VmbackupError("renaming %s to %s on host %s failed: %s" % (src, dst, host.name, exc))
     elif kind == "rbd":
         host.rbd.run(src, "renaming it to %s" % dst, "rename", "--", src, dst)
     else:
@@ -256,6 +259,12 @@ def _show(name):
 
 def swap(host, disks):
     """Put every staged volume in place of its target; on failure undo what was done."""
+    for disk in disks:  # every new volume is there before anything is renamed
+        if disk.get("swap"):
+            kind, final, staged, aside = _names(disk)
+            if not _exists(host, kind, staged):
+                raise VmbackupError("the restored volume %s for %s is missing on host %s; nothing was swapped, "
+                                    "the old disks are in place" % (_show(staged), _show(final), host.name))
     done = []
     for disk in disks:
         if not disk.get("swap"):
