@@ -17,8 +17,8 @@ description:
     in place. An existing target is refused (all of them are listed, nothing is changed) unless
     O(force=true); then the data goes into a new volume beside it, C(PATH.vmbackup-restore-RUN),
     LV C(NAME-vmbr-RUN8) in the same VG, or RBD image C(IMAGE.vmbackup-restore-RUN).
-  - A block device that is not an LV has no "beside": it is refused, and with O(force=true)
-    written in place (with a warning): the one case where a failed restore leaves a damaged target.
+  - A block device that is not an LV has no "beside". It is refused, and with O(force=true)
+    written in place (with a warning), the one case where a failed restore leaves a damaged target.
   - O(action=swap), once every new volume is complete and verified, renames each old volume
     aside (C(.vmbackup-old-RUN), C(NAME-vmbo-RUN8)) and the new one into its place (rename,
     C(lvrename), C(rbd rename)), disk by disk; a failure puts back what was done.

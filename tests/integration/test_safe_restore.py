@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import grp
 import hashlib
-import json
 import os
 import pwd
 import shutil
@@ -20,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import HV_PYTHON, TB, Playbook, image_sha256, local_inventory, ssh_inventory
+from conftest import HV_PYTHON, TB, Playbook, image_sha256, ssh_inventory
 from conftest import testbed as run_testbed
 
 import domains  # tests/testbed/domains.py
@@ -323,8 +322,9 @@ def test_nvram_restore_from_a_node_that_is_not_the_controller(other_node, mpb):
     key = os.path.join(TB, "ssh", "id_ed25519")
     inv = mpb.inventory(ssh_inventory() + """
     [nodes]
-    h3node ansible_host=127.0.0.1 ansible_port=%d ansible_user=root ansible_ssh_private_key_file=%s ansible_ssh_common_args='-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes'
-    """ % (other_node["port"], key, other_node["known"]))
+    h3node ansible_host=127.0.0.1 ansible_port=%d ansible_user=root ansible_ssh_private_key_file=%s %s
+    """ % (other_node["port"], key,
+           "ansible_ssh_common_args='-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes'" % other_node["known"]))
     common = {"vmbackup_node": "h3node", "vmbackup_repository": NODE_REPO}
     try:
         mpb.run(BACKUP, inv, dict(common, vmbackup_vms=NVM, vmbackup_quiesce="off", vmbackup_keep_overlay=False))
@@ -388,7 +388,8 @@ def test_forced_lv_restore_cut_midway_then_complete(mpb, tmp_path):
         on_host("%s -c \"%s\" %s %d %d" % (HV_PYTHON, WRITE, LV, 1 * MiB, 24 * MiB))
         xml = ("<domain type='qemu'><name>%s</name><uuid>5d1c6e1e-3b7a-4c56-9d1e-0000000000c3</uuid><description>%%s</description><memory unit='MiB'>64</memory>"
                "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os><devices>"
-               "<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/mapper/vg0-h3--lvvm--vda'/>"
+               "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+               "<source dev='/dev/mapper/vg0-h3--lvvm--vda'/>"
                "<target dev='vda' bus='virtio'/></disk></devices></domain>" % LVM_VM)
 
         def define(desc):
