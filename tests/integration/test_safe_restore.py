@@ -386,7 +386,8 @@ def test_forced_lv_restore_cut_midway_then_complete(mpb, tmp_path):
         on_host("lvcreate -y -L 64M -n h3-lvvm-vda vg0 && dd if=/dev/zero of=%s bs=1M count=64 oflag=direct "
                 "status=none" % LV)
         on_host("%s -c \"%s\" %s %d %d" % (HV_PYTHON, WRITE, LV, 1 * MiB, 24 * MiB))
-        xml = ("<domain type='qemu'><name>%s</name><uuid>5d1c6e1e-3b7a-4c56-9d1e-0000000000c3</uuid><description>%%s</description><memory unit='MiB'>64</memory>"
+        xml = ("<domain type='qemu'><name>%s</name><uuid>5d1c6e1e-3b7a-4c56-9d1e-0000000000c3</uuid>"
+               "<description>%%s</description><memory unit='MiB'>64</memory>"
                "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os><devices>"
                "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
                "<source dev='/dev/mapper/vg0-h3--lvvm--vda'/>"
