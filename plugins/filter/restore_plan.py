@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._restore_volumes import lv_of_path
+
 DOCUMENTATION = r"""
 name: restore_plan
 short_description: Decide where each disk of a backup is restored
@@ -92,8 +94,13 @@ def restore_plan(backup, chain, name, disk_map=None, directory=""):
             elif kind == "rbd" and renamed:
                 path = "%s/%s-%s" % (source.rsplit("/", 1)[0], name, target)
             elif kind == "block" and backend == "block" and renamed:
-                # A new LV in the volume group the disk came from.
-                path = "%s/%s-%s" % (os.path.dirname(source), name, target)
+                # A new LV in the volume group the disk came from (/dev/VG/LV or /dev/mapper/VG-LV).
+                ref = lv_of_path(source)
+                if ref is None:
+                    raise ValueError("disk %s: its source %s is not an LV path (/dev/VG/LV or /dev/mapper/VG-LV), "
+                                     "so a restore under a new name has no volume group to create it in; map "
+                                     "it with disk_map" % (target, source))
+                path = "/dev/%s/%s-%s" % (ref[0], name, target)
             else:
                 path = source
         links = _disk_chain(chain, target)

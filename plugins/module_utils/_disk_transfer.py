@@ -21,6 +21,7 @@ ARGUMENT_SPEC = dict(
     create=dict(type="bool", default=True),
     size=dict(type="int"),
     force=dict(type="bool", default=False),
+    compare=dict(type="bool", default=True),
     verify=dict(type="list", elements="dict", default=[]),
     progress_file=dict(type="path"),
     **dict(transfer.CONNECTION_ARGSPEC, **transfer.DATA_CHANNEL_ARGSPEC)
@@ -64,6 +65,13 @@ def backup(module, runner, hv):
     return result
 
 
+def create_private(hv, target, fmt, size):
+    """``qemu-img create`` under umask 077: the new image is 0600 from its first moment."""
+    hv.run(["sh", "-c", 'umask 077 && mkdir -p -- "$1" && shift && exec "$@"', "vmbackup-create",
+            os.path.dirname(target), "qemu-img", "create", "-q", "-f", fmt, "--", target, str(size)],
+           "creating %s (mode 0600)" % target)
+
+
 def restore(module, runner, hv):
     p = module.params
     target = p["image"]
@@ -84,21 +92,30 @@ def restore(module, runner, hv):
         return {"changed": True, "target": target, "created": not exists}
     start = time.time()
     created = False
-    if p["create"] and p["format"] in ("qcow2", "raw") and not target.startswith("/dev/"):
+    is_file = p["create"] and p["format"] in ("qcow2", "raw") and not target.startswith("/dev/")
+    if is_file:
         if not p["size"]:
             raise VmbackupError("size is required to create %s" % target)
-        hv.run(["mkdir", "-p", os.path.dirname(target)], "creating the directory of %s" % target)
-        hv.run(["qemu-img", "create", "-q", "-f", p["format"], target, str(p["size"])],
-               "creating %s" % target)
+        create_private(hv, target, p["format"], p["size"])
         created = True
     try:
         transfer.push(runner, hv, p["repo_image"], target, p["format"], target_is_zero=created,
                       progress_file=p["progress_file"])
+        if p["compare"]:
+            cut = None
+            if not is_file and p["size"]:
+                _rc, out, _err = hv.run(["blockdev", "--getsize64", target], "reading the size of %s" % target)
+                if int(out.strip() or 0) > p["size"]:
+                    cut = p["size"]
+            transfer.compare(runner, hv, p["repo_image"], target, p["format"], size=cut)
+        if is_file:
+            # the data is flushed (qemu-img -t writeback, qemu-nbd); the new name in its directory too
+            hv.run(["sync", "--", target, os.path.dirname(target)], "flushing %s" % target)
     except Exception:
         if created:  # an incomplete target of ours must not look like a restored disk
             hv.run(["rm", "-f", "--", target], "removing the incomplete %s" % target, check_rc=False)
         raise
-    return {"changed": True, "target": target, "created": created,
+    return {"changed": True, "target": target, "created": created, "compared": p["compare"],
             "duration": round(time.time() - start, 3)}
 
 

@@ -30,6 +30,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import C
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _rbd as rbdlib
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _disk_transfer as disk_transfer
 
 CHUNK = 1024 * 1024
 
@@ -279,6 +280,14 @@ def restore_rbd(module, runner, hv, rbd, paths, infos):
             exc.msg = "%s; %s" % (exc.msg, note)
             exc.args = (exc.msg,)
         raise
+    # import-diff creates each end snapshot only once its whole stream is applied: the last one
+    # on the image says that the image holds the chain up to the selected backup.
+    have = [s["name"] for s in rbd.snapshots(target)]
+    if snaps[-1] not in have:
+        rbd.remove(target)
+        raise VmbackupError("restored RBD image %s on hypervisor %s lacks snapshot %s after import-diff "
+                            "(it has: %s): the chain was not applied whole; the image was removed"
+                            % (target, hv.label, snaps[-1], ", ".join(have) or "none"))
     keep = snaps[-1:] if p["keep_snapshot"] else []
     for snap in snaps:
         if snap not in keep:
@@ -325,18 +334,21 @@ def restore_file(module, runner, hv, rbd, paths, infos):
         fd = None
         created = False
         if kind == "file":
-            hv.run(["mkdir", "-p", os.path.dirname(target)], "creating the directory of %s" % target)
-            hv.run(["qemu-img", "create", "-q", "-f", p["format"], target, str(p.get("size") or size)],
-                   "creating %s" % target)
+            disk_transfer.create_private(hv, target, p["format"], p.get("size") or size)
             created = True
         fmt = p["format"] if kind == "file" else "raw"
         with transfer.NbdExport(hv, target, fmt, writable=True) as nbd:
-            argv = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", "-m", "8", "-W"]
+            # -t writeback: flushed before qemu-img returns (its default, unsafe, never flushes)
+            argv = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", "-t", "writeback", "-m", "8", "-W"]
             if created:
                 argv.append("--target-is-zero")
             transfer.convert(runner, argv + [tmp, nbd.url],
                              what="writing the restored RBD backup to %s on hypervisor %s" % (target, hv.label),
-                             hint="The target is incomplete; run the restore again with force=true.")
+                             hint="The target is incomplete; nothing replaced the VM's disks. Run the restore again.")
+        transfer.compare(runner, hv, tmp, target, fmt, size=size if kind == "block" else None,
+                         source_format="raw")
+        if created:
+            hv.run(["sync", "--", target, os.path.dirname(target)], "flushing %s" % target)
     except OSError as exc:
         if exc.errno == 28:
             raise VmbackupError("the temporary image %s on the backup node %s does not fit: its file system is "

@@ -702,7 +702,12 @@ def _copy_stream(src, path, progress):
 
 
 def push(runner, hv, source, target, target_format, target_is_zero=False, progress_file=None, source_format="qcow2"):
-    """Write the chain whose top is ``source`` (in the repository) into ``target`` on the hypervisor."""
+    """Write the chain whose top is ``source`` (in the repository) into ``target`` on the hypervisor.
+
+    ``-t writeback``: qemu-img's default cache mode for its output is ``unsafe``, which never
+    flushes; with writeback it sends a flush at the end, and qemu-nbd (--cache=writeback) fsyncs
+    the target before answering it, so a push that returns is on stable storage.
+    """
     progress = Progress(progress_file, "%s -> %s:%s" % (source, hv.label, target))
     try:
         with NbdExport(hv, target, target_format, writable=True) as nbd:
@@ -711,10 +716,48 @@ def push(runner, hv, source, target, target_format, target_is_zero=False, progre
                 argv.append("--target-is-zero")
             convert(runner, argv + [source, nbd.spec],
                     what="writing %s to %s on hypervisor %s" % (source, target, hv.label),
-                    hint="The target is incomplete; run the restore again with force=true to overwrite it.",
+                    hint="The target is incomplete; nothing replaced the VM's disks. Run the restore again.",
                     progress=progress)
     finally:
         progress.close()
+
+
+def _nbd_opts(nbd, size):
+    """``json:`` options of the export, cut to ``size`` bytes (a target larger than the image)."""
+    if nbd.tcp:
+        server = {"type": "inet", "host": nbd.hv.data_address, "port": str(nbd.port)}
+    else:
+        server = {"type": "unix", "path": nbd.local_socket}
+    return "json:" + json.dumps({"driver": "raw", "size": int(size),
+                                 "file": {"driver": "nbd", "server": server}})
+
+
+def compare_argv(nbd, source, size=None, source_format="qcow2"):
+    """qemu-img compare of the chain ``source`` with the export (cut to ``size`` when given)."""
+    if nbd.tls:
+        # --image-opts names both images by options: the TLS credentials only reach the export so.
+        src = "driver=%s,file.driver=file,file.filename=%s" % (source_format, _qemu_opt(source))
+        tgt = "driver=raw,%sfile.driver=nbd,file.host=%s,file.port=%d,file.tls-creds=vmbackup-tls" % (
+            "size=%d," % int(size) if size else "", _qemu_opt(nbd.hv.data_address), nbd.port)
+        return ["qemu-img", "compare"] + nbd._client_object() + ["--image-opts", src, tgt]
+    url = _nbd_opts(nbd, size) if size else nbd.url
+    return ["qemu-img", "compare", "-f", source_format] + ([] if size else ["-F", "raw"]) + [source, url]
+
+
+def compare(runner, hv, source, target, target_format, size=None, source_format="qcow2"):
+    """Read the written ``target`` back and compare it with the chain ``source`` (qemu-img compare).
+
+    ``size``: the image's virtual size when the target is larger (an LV rounded up to
+    extents); the tail beyond it is not the restored disk's and is not compared.
+    """
+    with NbdExport(hv, target, target_format) as nbd:
+        argv = compare_argv(nbd, source, size, source_format)
+        rc, out, err = runner.run(argv, what="comparing %s with the backup" % target, check_rc=False)
+    if rc != 0:
+        raise VmbackupError(
+            "the restored %s on hypervisor %s does not read back equal to the backup %s (qemu-img compare "
+            "rc=%s: %s); it is not used. Run the restore again; if it fails again, check the target's storage."
+            % (target, hv.label, source, rc, (out + " " + err).strip()), cmd=argv, rc=rc, stderr=err)
 
 
 def data_bytes(runner, path):

@@ -22,12 +22,15 @@ description:
     previous backup (the clusters written since) and links it to the parent
     backup's image with C(qemu-img rebase -u), then checks it with C(qemu-img check).
   - O(direction=restore) checks the chain's sha256 sums (O(verify)), creates the
-    target on the hypervisor (refusing an existing one unless O(force)), serves
-    it writable with C(qemu-nbd) and writes the chain into it with
-    C(qemu-img convert -n); zero regions of a new target are skipped.
-  - The stored image appears under its final name only when it is whole. A transfer succeeds
-    only when C(qemu-nbd) on the hypervisor exited cleanly after it (on restores, that exit is
-    the final flush of the target).
+    target on the hypervisor (a file, mode 0600 from its creation; refusing an existing
+    target unless O(force)), serves it writable with C(qemu-nbd) and writes the chain into
+    it with C(qemu-img convert -n -t writeback), so that the data is flushed to stable
+    storage before the module returns (the file and its directory are fsynced too); zero
+    regions of a new target are skipped. Then (O(compare)) it reads the target back
+    read-only and compares it with the chain (C(qemu-img compare)).
+  - The stored image appears under its final name only when it is whole.
+  - A transfer succeeds only when C(qemu-nbd) on the hypervisor exited cleanly after it (on
+    restores, that exit is the final flush of the target).
   - A lost SSH connection during a transfer fails it with one message that names the
     hypervisor, its port, the image and the data channel.
 author:
@@ -85,6 +88,12 @@ options:
     description: For restores, overwrite an existing target.
     type: bool
     default: false
+  compare:
+    description:
+      - For restores, read the written target back and compare it with the chain
+        (C(qemu-img compare)); a difference fails the module, so that the restore does not use it.
+    type: bool
+    default: true
   verify:
     description:
       - For restores, files to check first, each a dict with C(path) and C(sha256).
@@ -190,6 +199,10 @@ target:
 created:
   description: Whether the target was created.
   returned: direction=restore
+  type: bool
+compared:
+  description: Whether the written target was read back and compared with the chain.
+  returned: direction=restore and not check mode
   type: bool
 """
 

@@ -145,7 +145,7 @@ def test_backup_argv_per_channel(tmp_path, channel, present, absent, forward):
         assert not os.path.exists(opts["dir"])  # removed at the end
     else:
         assert lines[0] == "" and runner.key_files == []
-        assert convert[2:4] == ["-f", "raw"]
+        assert convert[2:6] == ["-t", "writeback", "-f", "raw"]  # flushed output (h1), raw NBD source
     assert lines[-1] == "done"  # the node told the server the transfer succeeded
     assert os.path.exists(dest)
 
