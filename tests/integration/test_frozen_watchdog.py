@@ -22,10 +22,12 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 
 import pytest
 
-from conftest import VENV_BIN, Playbook, image_sha256, local_inventory, ssh_inventory
+from conftest import TB, VENV_BIN, Playbook, image_sha256, local_inventory, ssh_inventory
+from conftest import testbed
 
 import domains  # tests/testbed/domains.py
 
@@ -85,15 +87,27 @@ def wait_for(what, predicate, timeout, interval=0.5):
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory):
+def pb(tmp_path_factory):
+    """ansible-playbook runs, with an SSH inventory (hv1) and a local one."""
     workdir = str(tmp_path_factory.mktemp("h4-wd"))
     os.makedirs(os.path.join(workdir, "ansible-tmp"), exist_ok=True)
-    pb = Playbook(workdir)
+    runner = Playbook(workdir)
+    runner.ssh_inv = runner.inventory(ssh_inventory())
+    runner.local_inv = runner.inventory(local_inventory())
+    os.makedirs(IMAGES, exist_ok=True)
+    yield runner
+    if os.path.isdir(IMAGES) and not os.listdir(IMAGES):
+        os.rmdir(IMAGES)
+
+
+@pytest.fixture(scope="module")
+def bed(pb):
+    """The TCG guest with data.qcow2, data.raw and a mounted ext4 on vdc; yields the playbook runner."""
     remove_vm(RESTORED)
     remove_vm(VM)
-    os.makedirs(IMAGES, exist_ok=True)
-    for path in glob.glob(os.path.join(IMAGES, "*")):
-        os.unlink(path)
+    for name in ("data.qcow2", "data.raw", "fs.qcow2"):
+        for path in glob.glob(os.path.join(IMAGES, name + "*")):
+            os.unlink(path)
     domains.define_guest(VM, [
         {"target": "vda", "format": "qcow2", "size_mib": 32, "path": os.path.join(IMAGES, "data.qcow2")},
         {"target": "vdb", "format": "raw", "size_mib": 32, "path": os.path.join(IMAGES, "data.raw")},
@@ -104,16 +118,14 @@ def bed(tmp_path_factory):
     domains.guest_exec(VM, ["/bin/sh", "-c", "mkfs.ext4 -q -F /dev/vdc && mkdir -p /run/h4fs && "
                                              "mount /dev/vdc /run/h4fs && echo data > /run/h4fs/f && sync"],
                        timeout=240, check=True)
-    pb.ssh_inv = pb.inventory(ssh_inventory())
-    pb.local_inv = pb.inventory(local_inventory())
     yield pb
     for pid in watchdogs_of(VM):  # only if a test failed half-way
         os.killpg(pid, signal.SIGKILL)
     remove_vm(RESTORED)
     remove_vm(VM)
-    for path in glob.glob(os.path.join(IMAGES, "*")):
-        os.unlink(path)
-    os.rmdir(IMAGES)
+    for name in ("data.qcow2", "data.raw", "fs.qcow2"):
+        for path in glob.glob(os.path.join(IMAGES, name + "*")):
+            os.unlink(path)
 
 
 def start_play(pb, name, tasks):
@@ -246,3 +258,92 @@ def test_same_stem_disks_back_up_and_restore(bed):
         assert image_sha256(restored["vdb"], "raw") == expected["vdb"]
     finally:
         remove_vm(RESTORED)
+
+
+# --- the backup role's own path: a running VM with a file disk and an RBD disk is paused ------------------
+# (a domain with no OS, idling in SeaBIOS, and no guest agent: vmbackup_quiesce=off pauses it)
+
+CEPH = os.path.join(TB, "ceph")
+CEPH_CONF = os.path.join(CEPH, "ceph.conf")
+CEPH_KEYRING = os.path.join(CEPH, "ceph.client.admin.keyring")
+RBD_VM = "h4-wd-rbd"
+RBD_IMAGE = "rbd/h4-wd-rbd-vdb"
+RBD_SECRET = str(uuid.uuid5(uuid.NAMESPACE_URL, "vmbackup-test-h4-watchdog-secret"))
+
+
+def rbd(*args, data=None, check=True):
+    cp = subprocess.run(["rbd", "-c", CEPH_CONF, "--id", "admin", "--keyring", CEPH_KEYRING, *args],
+                        input=data, capture_output=True, check=False, timeout=300)
+    if check and cp.returncode != 0:
+        raise AssertionError("rbd %s failed: %s" % (" ".join(args), cp.stderr.decode()))
+    return cp.stdout
+
+
+def remove_rbd_vm():
+    remove_vm(RBD_VM)
+    rbd("snap", "purge", RBD_IMAGE, check=False)
+    rbd("rm", RBD_IMAGE, check=False)
+    domains.virsh("secret-undefine", RBD_SECRET, check=False)
+    for path in glob.glob(os.path.join(IMAGES, "rbdvm-vda.qcow2*")):
+        os.unlink(path)
+
+
+@pytest.fixture(scope="module")
+def rbd_vm(pb):
+    testbed("ceph.sh", "up", timeout=240)
+    remove_rbd_vm()
+    rbd("create", "--size", "32M", RBD_IMAGE)
+    qcow = os.path.join(IMAGES, "rbdvm-vda.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", qcow, "32M"], check=True)
+    xml = ("<secret ephemeral='no' private='yes'><uuid>%s</uuid><usage type='ceph'><name>client.admin h4</name>"
+           "</usage></secret>" % RBD_SECRET)
+    domains.virsh("secret-define", "/dev/stdin", input_text=xml)
+    key = subprocess.run(["ceph", "-c", CEPH_CONF, "--id", "admin", "--keyring", CEPH_KEYRING, "auth", "get-key",
+                          "client.admin"], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    keyfile = os.path.join(pb.workdir, "h4.key")
+    with open(os.open(keyfile, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(key)
+    try:
+        domains.virsh("secret-set-value", "--secret", RBD_SECRET, "--file", keyfile)
+    finally:
+        os.unlink(keyfile)
+    xml = """<domain type='kvm'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+      <os><type arch='x86_64'>hvm</type></os>
+      <devices>
+        <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/>
+          <target dev='vda' bus='virtio'/></disk>
+        <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+          <auth username='admin'><secret type='ceph' uuid='%s'/></auth>
+          <source protocol='rbd' name='%s'><host name='127.0.0.1' port='6789'/></source>
+          <target dev='vdb' bus='virtio'/></disk>
+      </devices></domain>""" % (RBD_VM, qcow, RBD_SECRET, RBD_IMAGE)
+    domains.virsh("define", "/dev/stdin", input_text=xml)
+    domains.virsh("start", RBD_VM)
+    yield {"vmbackup_vms": RBD_VM, "vmbackup_quiesce": "off", "vmbackup_ceph_conf": CEPH_CONF,
+           "vmbackup_ceph_id": "admin", "vmbackup_ceph_keyring": CEPH_KEYRING}
+    remove_rbd_vm()
+
+
+def test_backup_role_pauses_under_a_watchdog_and_disarms_it(pb, rbd_vm):
+    """The role pauses a file+RBD VM through guest_agent (watched), resumes it, and leaves no watchdog."""
+    repo = os.path.join(pb.workdir, "repo-rbd")
+    res = pb.run(BACKUP, pb.ssh_inv, dict(rbd_vm, vmbackup_repository=repo), args=["-v"])
+    # The pause armed a watchdog and the resume disarmed that one (the task results, printed with -v).
+    armed = re.search(r'"state": "paused", "watchdog": \{"deadline": \d+, "pid": (\d+)', res.output)
+    assert armed, res.output[-6000:]
+    assert re.search(r'"disarmed": \[%s\], "fired": false' % armed.group(1), res.output), res.output[-6000:]
+    assert domains.domstate(RBD_VM) == "running"
+    assert not watchdogs_of(RBD_VM)
+    assert len(glob.glob(os.path.join(repo, RBD_VM, "*", "manifest.json"))) == 1
+
+
+def test_backup_role_fails_when_the_watchdog_fired_before_the_last_snapshot(pb, rbd_vm):
+    """A bound shorter than the snapshots: the watchdog resumes the VM mid-way, so the backup is not kept."""
+    repo = os.path.join(pb.workdir, "repo-rbd-short")
+    res = pb.run(BACKUP, pb.ssh_inv, dict(rbd_vm, vmbackup_repository=repo, backup_watchdog_timeout=1),
+                  expect_rc=2)
+    assert "the watchdog resumed it after backup_watchdog_timeout=1 s" in res.output, res.output[-6000:]
+    assert "raise backup_watchdog_timeout" in res.output
+    assert domains.domstate(RBD_VM) == "running"
+    assert not glob.glob(os.path.join(repo, RBD_VM, "*", "manifest.json"))
+    wait_for("the watchdog to end", lambda: not watchdogs_of(RBD_VM), 60)
