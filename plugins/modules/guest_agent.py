@@ -149,14 +149,40 @@ state:
   type: str
 watchdog:
   description:
-    - For V(freeze) and V(pause) (when they froze or paused): the watchdog armed, C(pid)
-      (the leader of its own session), C(deadline) (epoch seconds) and C(seconds).
-    - For V(thaw) and V(resume): C(disarmed), the PIDs of the watchdogs stopped, and C(fired),
-      true when one of them had reached its deadline. A watchdog armed by the freeze that is
-      in neither has ended, after thawing or resuming the guest.
-  returned: action in (freeze, pause) when changed and not in check mode with O(watchdog) > 0; action in (thaw, resume) unless in check mode
+    - For V(freeze) and V(pause) when they froze or paused, the watchdog they armed.
+    - For V(thaw) and V(resume), what they disarmed. A watchdog armed by the freeze or pause
+      whose PID is not in RV(watchdog.disarmed) has ended, after thawing or resuming the guest.
+  returned: action in (freeze, pause) when changed, outside check mode and with O(watchdog) > 0; action in (thaw, resume) outside check mode
   type: dict
-  sample: {pid: 4242, deadline: 1764633900, seconds: 300}
+  contains:
+    pid:
+      description: The watchdog's PID, the leader of its own session and process group.
+      returned: action in (freeze, pause)
+      type: int
+      sample: 4242
+    deadline:
+      description: When it fires, in seconds since the epoch.
+      returned: action in (freeze, pause)
+      type: int
+      sample: 1764633900
+    seconds:
+      description: Its bound, O(watchdog).
+      returned: action in (freeze, pause)
+      type: int
+      sample: 300
+    disarmed:
+      description: The PIDs of the watchdogs of this VM and action that were stopped.
+      returned: action in (thaw, resume)
+      type: list
+      elements: int
+      sample: [4242]
+    fired:
+      description:
+        - Whether one of them had reached its deadline, so it may have thawed or resumed the
+          guest before this run did.
+      returned: action in (thaw, resume)
+      type: bool
+      sample: false
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -155,8 +155,8 @@ def kill_when(proc, what, predicate, timeout=600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError("the play ended (rc=%s) before %s:\n%s" % (proc.returncode, what,
-                                                                             output(proc)[-4000:]))
+            raise AssertionError("the play ended (rc=%s) before %s:\n%s"
+                                 % (proc.returncode, what, output(proc)[-4000:]))
         if predicate() and "TASK [Hold the SSH session open]" in output(proc):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
@@ -170,8 +170,8 @@ def test_killed_while_frozen_is_thawed_within_the_bound(bed):
     """ansible-playbook SIGKILLed while the guest is frozen: thawed by the watchdog, without any run."""
     assert freeze_status() == "thawed"
     proc = start_play(bed, "h4-freeze", [
-        {"name": "Freeze", "vmbackup.libvirt.guest_agent": {"name": VM, "action": "freeze", "timeout": 60,
-                                                             "watchdog": BOUND}},
+        {"name": "Freeze",
+         "vmbackup.libvirt.guest_agent": {"name": VM, "action": "freeze", "timeout": 60, "watchdog": BOUND}},
         HOLD,
     ])
     killed = kill_when(proc, "the guest to be frozen", lambda: freeze_status() == "frozen")
@@ -341,7 +341,7 @@ def test_backup_role_fails_when_the_watchdog_fired_before_the_last_snapshot(pb, 
     """A bound shorter than the snapshots: the watchdog resumes the VM mid-way, so the backup is not kept."""
     repo = os.path.join(pb.workdir, "repo-rbd-short")
     res = pb.run(BACKUP, pb.ssh_inv, dict(rbd_vm, vmbackup_repository=repo, backup_watchdog_timeout=1),
-                  expect_rc=2)
+                 expect_rc=2)
     assert "the watchdog resumed it after backup_watchdog_timeout=1 s" in res.output, res.output[-6000:]
     assert "raise backup_watchdog_timeout" in res.output
     assert domains.domstate(RBD_VM) == "running"
