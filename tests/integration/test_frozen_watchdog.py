@@ -27,7 +27,7 @@ import uuid
 import pytest
 
 from conftest import TB, VENV_BIN, Playbook, image_sha256, local_inventory, ssh_inventory
-from conftest import testbed
+from conftest import testbed as run_testbed
 
 import domains  # tests/testbed/domains.py
 
@@ -290,7 +290,7 @@ def remove_rbd_vm():
 
 @pytest.fixture(scope="module")
 def rbd_vm(pb):
-    testbed("ceph.sh", "up", timeout=240)
+    run_testbed("ceph.sh", "up", timeout=240)
     remove_rbd_vm()
     rbd("create", "--size", "32M", RBD_IMAGE)
     qcow = os.path.join(IMAGES, "rbdvm-vda.qcow2")
