@@ -3,7 +3,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """External disk-only snapshots of a VM's file disks (the kvm_snapshot module).
 
-A backup point is an overlay per disk, named ``<base>.vmbackup-<ID>.qcow2``.
+A backup point is an overlay per disk, named ``<base file name>.vmbackup-<ID>.<target>.qcow2``
+beside the base (``data.raw.vmbackup-ID.vdb.qcow2``), or ``<VM>.<base file name>.vmbackup-<ID>.<target>.qcow2``
+under ``overlay_dir``: the whole base name and the disk's target make it unique per disk, the VM's
+name per VM in a shared directory. Overlays made by older versions (``<base stem>.vmbackup-<ID>.qcow2``,
+the base's extension dropped) are still recognised, so kept chains carry on.
 Creating it freezes the image below it (the "frozen" image that the backup
 reads). Between backups exactly one overlay of ours is kept: it holds the
 clusters written since its backup, so the next backup's delta is that file.
@@ -39,7 +43,11 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import backing_path, image_chain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
 
+# Any overlay of ours, both forms: its "id" group is ID (older versions) or ID.TARGET (this version);
+# overlay_id() tells them apart.
 OVERLAY_RE = re.compile(r"\.vmbackup-(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)\.qcow2$")
+# The new form with a disk target (targets are letters and digits: vda, sdb, xvda, hdc).
+OVERLAY_TARGET_RE = re.compile(r"\.vmbackup-(?P<id>[A-Za-z0-9][A-Za-z0-9_-]*)\.(?P<target>[A-Za-z][A-Za-z0-9]*)\.qcow2$")
 SNAPSHOT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 ARGUMENT_SPEC = dict(
@@ -67,19 +75,61 @@ BLOCKCOMMIT_HINT = (
 )
 
 
-def overlay_id(path):
-    m = OVERLAY_RE.search(os.path.basename(path or ""))
-    return m.group("id") if m else None
+def overlay_id(path, target=None):
+    """The backup ID an overlay of ours names, or None for any other file.
+
+    Both forms: ``BASE.vmbackup-ID.TARGET.qcow2`` (this version) and ``STEM.vmbackup-ID.qcow2`` (older
+    versions, whose kept overlays the next backup, its merge and repair must still recognise). With
+    ``target`` (the disk the image belongs to; every caller here knows it) a name ending in
+    ``.TARGET.qcow2`` is the new form and any other the old one, whatever the ID holds; without, the new
+    form is recognised for IDs without a dot (the repository's IDs never have one: ``20261122T010000Z``
+    or ``20261122T010000Z-2``).
+    """
+    name = os.path.basename(path or "")
+    m = OVERLAY_RE.search(name)
+    if not m:
+        return None
+    sid = m.group("id")
+    if target:
+        if sid.endswith("." + target) and len(sid) > len(target) + 1:
+            return sid[: -len(target) - 1]
+        return sid
+    m = OVERLAY_TARGET_RE.search(name)
+    return m.group("id") if m else sid
 
 
-def overlay_path_for(base, snapshot, overlay_dir=None):
-    directory = overlay_dir or os.path.dirname(base)
-    stem = os.path.basename(base)
-    for ext in (".qcow2", ".img", ".raw"):
-        if stem.endswith(ext):
-            stem = stem[: -len(ext)]
-            break
-    return os.path.join(directory, "%s.vmbackup-%s.qcow2" % (stem, snapshot))
+def overlay_path_for(base, snapshot, target, overlay_dir=None, vm=None):
+    """Where the overlay of ``snapshot`` on disk ``target`` goes (see the module docstring).
+
+    Unique per disk: the base's whole file name (``data.qcow2`` and ``data.raw`` differ) and the target
+    (two disks with one file name under ``overlay_dir`` differ); under ``overlay_dir`` the VM's name too.
+    """
+    name = "%s.vmbackup-%s.%s.qcow2" % (os.path.basename(base), snapshot, target)
+    if overlay_dir:
+        return os.path.join(overlay_dir, "%s.%s" % (vm, name) if vm else name)
+    return os.path.join(os.path.dirname(base), name)
+
+
+def plan_overlays(disks, snapshot, overlay_dir=None, vm=None):
+    """{target: overlay path} for ``disks``, a list of (target, base path).
+
+    A pure function, run before anything is created: two disks whose overlays would be one file, or an
+    overlay that would be one of the disks' own images, are refused, so a collision changes nothing.
+    """
+    planned = {}
+    owner = {}
+    images = {os.path.normpath(base): target for target, base in disks}
+    for target, base in disks:
+        path = overlay_path_for(base, snapshot, target, overlay_dir, vm)
+        key = os.path.normpath(path)
+        clash = owner.get(key) or images.get(key)
+        if clash:
+            raise VmbackupError(
+                "disks %s and %s would both use %s as overlay (or image) for snapshot %s; nothing was "
+                "created. Give the disks different file names." % (clash, target, path, snapshot))
+        owner[key] = target
+        planned[target] = path
+    return planned
 
 
 class DiskChain:
@@ -91,7 +141,8 @@ class DiskChain:
         self.ours = []
         self.base = None
         for info in chain:
-            if self.base is None and info.get("format") == "qcow2" and overlay_id(info["filename"]) and backing_path(info):
+            if self.base is None and info.get("format") == "qcow2" and overlay_id(info["filename"], target) \
+                    and backing_path(info):
                 self.ours.append(info)
                 continue
             self.base = info
@@ -170,11 +221,16 @@ class KvmSnapshot:
     # --- present --------------------------------------------------------------------
     def present(self, snapshot):
         todo = {}
+        try:
+            planned = plan_overlays([(d.target, self.chains[d.target].base["filename"]) for d in self.disks],
+                                    snapshot, self.params["overlay_dir"], self.name)
+        except VmbackupError as exc:
+            raise VmbackupError("VM %s on host %s: %s" % (self.name, self.runner.host, exc.msg))
         for disk in self.disks:
             chain = self.chains[disk.target]
-            if overlay_id(chain.active["filename"]) == snapshot:
+            if overlay_id(chain.active["filename"], disk.target) == snapshot:
                 continue
-            overlay = overlay_path_for(chain.base["filename"], snapshot, self.params["overlay_dir"])
+            overlay = planned[disk.target]
             if os.path.exists(overlay):
                 raise VmbackupError(
                     "overlay %s for disk %s of VM %s on host %s already exists but the VM does not "
@@ -390,7 +446,7 @@ class KvmSnapshot:
         batch = []
         for disk in self.disks:
             chain = self.chains[disk.target]
-            if overlay_id(chain.active["filename"]) != snapshot:
+            if overlay_id(chain.active["filename"], disk.target) != snapshot:
                 raise VmbackupError(
                     "disk %s of VM %s on host %s does not run on an overlay of snapshot %s (it runs on %s); "
                     "create it first with state=present" % (disk.target, self.name, self.runner.host, snapshot,
@@ -404,7 +460,7 @@ class KvmSnapshot:
         for disk in self.disks:
             chain = self.chains[disk.target]
             for idx, info in enumerate(chain.ours):
-                if overlay_id(info["filename"]) == snapshot:
+                if overlay_id(info["filename"], disk.target) == snapshot:
                     below = chain.images[idx + 1]["filename"]
                     self._merge(disk.target, info["filename"], below)
                     break
@@ -417,7 +473,7 @@ class KvmSnapshot:
         for disk in self.disks:
             while True:
                 chain = self.chains[disk.target]
-                bad = [i for i in chain.ours if overlay_id(i["filename"]) not in valid]
+                bad = [i for i in chain.ours if overlay_id(i["filename"], disk.target) not in valid]
                 if not bad:
                     break
                 below = chain.images[chain.images.index(bad[0]) + 1]["filename"]
@@ -452,7 +508,7 @@ class KvmSnapshot:
             info["frozen"] = frozen["filename"] if frozen else None
             info["frozen_format"] = frozen.get("format") if frozen else None
             info["frozen_is_overlay"] = bool(frozen and frozen in chain.ours)
-            info["parent_snapshot"] = overlay_id(frozen["filename"]) if info["frozen_is_overlay"] else None
+            info["parent_snapshot"] = overlay_id(frozen["filename"], disk.target) if info["frozen_is_overlay"] else None
             info["virtual_size"] = chain.active.get("virtual-size")
             disks.append(info)
         out = {

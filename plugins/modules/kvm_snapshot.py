@@ -11,8 +11,15 @@ short_description: Create and merge external disk-only snapshots of a VM's file 
 version_added: 0.1.0
 description:
   - Freezes a VM's qcow2/raw file disks at one instant by putting a qcow2
-    overlay named C(<base>.vmbackup-<snapshot>.qcow2) on top of each; the image
-    below the overlay is then the frozen state a backup reads.
+    overlay named C(<base file name>.vmbackup-<snapshot>.<target>.qcow2) on top of
+    each (C(data.raw.vmbackup-20261122T010000Z.vdb.qcow2)); the image below the
+    overlay is then the frozen state a backup reads.
+  - Overlay names are unique per disk (the base's whole file name and the disk's
+    target; under O(overlay_dir) also the VM's name). Disks whose overlays would
+    still be one file are refused before anything is created, and so is an
+    overlay file that already exists.
+  - Overlays named by earlier versions (C(<base without extension>.vmbackup-<snapshot>.qcow2))
+    are still recognised, so their kept chains carry on and are merged and repaired.
   - On a running VM it runs C(virsh snapshot-create-as --disk-only --atomic
     --no-metadata) with one C(--diskspec) per disk (disks it must not touch get
     C(snapshot=no)); on a shut-off VM it runs C(qemu-img create -b -F) and
@@ -97,6 +104,7 @@ options:
   overlay_dir:
     description:
       - Directory for the overlays. Default the directory of each disk's base image.
+      - Overlays there are named C(<VM>.<base file name>.vmbackup-<snapshot>.<target>.qcow2).
     type: path
   commit_timeout:
     description: Seconds a blockcommit may take before it is aborted.

@@ -201,7 +201,7 @@ def reset_guest(bed):
         base = bed.paths[target]
         if src != base:
             domains.virsh("blockcommit", VM, target, "--active", "--pivot", "--wait", "--base", base, timeout=600)
-    for path in glob.glob("/var/lib/libvirt/images/%s-vd?.vmbackup-*.qcow2" % VM):
+    for path in glob.glob("/var/lib/libvirt/images/%s-vd?.*vmbackup-*.qcow2" % VM):
         os.unlink(path)
     domains.wait_agent(VM, timeout=240)
 
@@ -216,9 +216,8 @@ def assert_chain(bed, repo, was_running=True):
     used = set()
     for target, src in domains.domblklist(VM):
         base = bed.paths[target]
-        stem = re.sub(r"\.qcow2$", "", base)
         if src != base:
-            m = re.match(re.escape(stem) + r"\.vmbackup-(?P<id>.+)\.qcow2$", src)
+            m = re.match(re.escape(base) + r"\.vmbackup-(?P<id>.+)\.%s\.qcow2$" % target, src)
             assert m, "disk %s runs on %s, neither its base nor an overlay of ours" % (target, src)
             assert m.group("id") in complete, "disk %s runs on overlay %s of an incomplete backup (complete: %s)" % (
                 target, src, sorted(complete))
@@ -233,7 +232,7 @@ def assert_chain(bed, repo, was_running=True):
                 ck = subprocess.run(["qemu-img", "check", "-U", "-q", info["filename"]], capture_output=True,
                                     text=True, check=False)
                 assert ck.returncode == 0, "qemu-img check %s: %s%s" % (info["filename"], ck.stdout, ck.stderr)
-    stray = [p for p in glob.glob("/var/lib/libvirt/images/%s-vd?.vmbackup-*.qcow2" % VM) if p not in used]
+    stray = [p for p in glob.glob("/var/lib/libvirt/images/%s-vd?.*vmbackup-*.qcow2" % VM) if p not in used]
     assert not stray, "overlay files left behind that the VM does not use: %s" % stray
 
 
@@ -265,7 +264,7 @@ def assert_recovered(bed, repo, was_running=True, dead_run=False):
     assert results[0]["result"] == "ok" and results[0]["backup_id"] == latest["backup_id"], results
     assert_chain(bed, repo, was_running)
     for target, src in domains.domblklist(VM):
-        assert src.endswith(".vmbackup-%s.qcow2" % latest["backup_id"]), (target, src)
+        assert src.endswith(".vmbackup-%s.%s.qcow2" % (latest["backup_id"], target)), (target, src)
     assert_repo_honest(repo)
     assert_restore_matches(bed, repo, latest["backup_id"], {"vda": vda_sha, "vdb": bed.vdb_sha})
     return latest
@@ -542,7 +541,7 @@ def test_ansible_playbook_killed_then_next_run_repairs(bed, repo):
     # The dead run left: the VM on its overlays, a partial backup, both locks.
     dead = [os.path.basename(p)[len(".partial-"):] for p in partial_dirs(repo)]
     assert len(dead) == 1
-    assert all(".vmbackup-%s.qcow2" % dead[0] in src for _t, src in domains.domblklist(VM))
+    assert all(src.endswith(".vmbackup-%s.%s.qcow2" % (dead[0], t)) for t, src in domains.domblklist(VM))
     assert domains.domstate(VM) == "running"
     assert repo_list(repo)["backups"] == []  # the partial backup is not listed
     latest = assert_recovered_after_dead_run(bed, repo, dead[0])
@@ -554,10 +553,10 @@ def test_ansible_playbook_killed_then_next_run_repairs(bed, repo):
     assert len(dead2) == 1
     res = bed.pb.run(CLEANUP, bed.ssh_inv, {"vmbackup_vms": VM, "vmbackup_repository": repo})
     assert "removed partial backup %s" % dead2[0] in res.output, res.output[-6000:]
-    assert re.search(r"merge [^\"]*vmbackup-%s\.qcow2" % dead2[0], res.output), res.output[-6000:]
+    assert re.search(r"merge [^\"]*vmbackup-%s\.vd[ab]\.qcow2" % dead2[0], res.output), res.output[-6000:]
     assert partial_dirs(repo) == []
-    for _t, src in domains.domblklist(VM):
-        assert src.endswith(".vmbackup-%s.qcow2" % latest["backup_id"]), src
+    for t, src in domains.domblklist(VM):
+        assert src.endswith(".vmbackup-%s.%s.qcow2" % (latest["backup_id"], t)), src
     assert_chain(bed, repo)
     assert_recovered(bed, repo)
     record("7 ansible-playbook killed mid-transfer", "next backup took over the dead run's locks and reported "
@@ -570,7 +569,7 @@ def assert_recovered_after_dead_run(bed, repo, dead_id):
     latest = assert_recovered(bed, repo, dead_run=True)
     repaired = report(repo)[0]["repaired"]
     assert "removed partial backup %s" % dead_id in repaired, repaired
-    assert any(a.startswith("merge ") and ".vmbackup-%s.qcow2" % dead_id in a for a in repaired), repaired
+    assert any(a.startswith("merge ") and ".vmbackup-%s." % dead_id in a for a in repaired), repaired
     return latest
 
 

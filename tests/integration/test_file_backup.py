@@ -97,7 +97,7 @@ def test_running_guest_full_then_two_incrementals_restore_each(guest, playbook, 
         backup_id = manifests(repo, vm)[-1]["backup_id"]
         chain = chain_of(vm)
         for target in ("vda", "vdb"):
-            assert chain[target].endswith(".vmbackup-%s.qcow2" % backup_id), chain
+            assert chain[target].endswith(".vmbackup-%s.%s.qcow2" % (backup_id, target)), chain
         assert domains.domstate(vm) == "running"
 
     found = manifests(repo, vm)
