@@ -158,3 +158,16 @@ def test_disk_plan_refuses_unknown_settings():
     from ansible_collections.vmbackup.libvirt.plugins.filter.backup_disk_plan import backup_disk_plan
     with pytest.raises(ValueError, match="shareable must be one of skip, fail"):
         backup_disk_plan([], "fail", "ignore")
+
+
+def test_run_results_count_missing_vms_as_failed():
+    from ansible_collections.vmbackup.libvirt.plugins.filter.backup_run_results import backup_run_results
+    hostvars = {"a@hv1": {"_backup_results": [{"vm": "a", "hypervisor": "hv1", "result": "ok"}],
+                          "_vmbackup_job": {"vm": "a", "hypervisor": "hv1"}},
+                "b@hv1": {"_vmbackup_job": {"vm": "b", "hypervisor": "hv1"}}}
+    got = backup_run_results(["a@hv1", "b@hv1"], hostvars, ["nosuchvm"], ["hv1", "hv2"])
+    assert [(r["vm"], r["hypervisor"], r["result"]) for r in got] == [
+        ("a", "hv1", "ok"), ("b", "hv1", "failed"), ("nosuchvm", "none", "failed")]
+    assert "VM nosuchvm was not found on any hypervisor (searched: hv1, hv2)" in got[2]["error"]
+    assert "virsh list --all" in got[2]["error"]
+    assert backup_run_results([], {}) == []
