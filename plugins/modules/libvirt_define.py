@@ -91,7 +91,7 @@ options:
     description:
       - Define a copy that is safe to boot beside the live VM (restore tests). Every disk that
         O(disks) does not map is removed (shareable, network and excluded disks, cdroms and
-        floppies with a host path: they would be the live VM's storage), and so is every
+        floppies with a host path, which would be the live VM's storage), and so is every
         C(<hostdev>). Empty cdrom and floppy drives stay. RV(removed) lists what went.
       - The domain's passwords (C(passwd) attributes) never appear in a result, a diff or an
         error, whatever this option says.

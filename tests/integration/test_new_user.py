@@ -257,7 +257,7 @@ def test_restore_test_sandbox_without_unrestored_disks(rtvm, pb, tmp_path):
     result = data["results"][0]
     assert result["result"] == "passed", (result, res.output[-6000:])
     removed = {(r["device"], r["target"]) for r in result["sandbox_removed"]}
-    assert {("disk", "vdb"), ("disk", "vdc")} <= removed and any(d == "hostdev" for d, _ in removed), removed
+    assert {("disk", "vdb"), ("disk", "vdc")} <= removed and any(device == "hostdev" for device, _target in removed), removed
     # The live VM and its disks are as they were; the sandbox is gone.
     assert (_sha256_file(SHARED), image_sha256(rtvm.paths[0], "qcow2")) == before
     assert domains.virsh("dumpxml", "--inactive", RTVM).stdout == live_xml
