@@ -18,7 +18,10 @@ description:
     how long the task will still wait.
   - Reads the progress files in O(directory), which is where the backup and restore roles
     have the transfers write them. This works when the backup node is the controller (the
-    default); with another backup node only the results at the end are shown.
+    default), or when the node's progress directory is visible on the controller at
+    O(directory) (a shared or sshfs-mounted directory). With another backup node and no such
+    directory, the callback says once that it sees no progress, and only the results at the
+    end are shown.
 requirements:
   - Enable it, for example with C(ANSIBLE_CALLBACKS_ENABLED=vmbackup.libvirt.progress).
 options:
@@ -88,14 +91,25 @@ class CallbackModule(CallbackBase):
         self._thread = None
 
     def _poll(self, stop, directory, interval):
+        rounds = 0
+        seen = False
         while not stop.wait(interval):
+            rounds += 1
             for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
                 try:
                     with open(path) as fh:
                         state = json.load(fh)
                 except (OSError, ValueError):
                     continue
+                seen = True
                 self._display.display("  [progress] %s" % describe(state))
+            if not seen and rounds == 3:
+                # Never silent: the transfers write their progress on the backup node.
+                self._display.display(
+                    "  [progress] no progress in %s after %ds: if the backup node is another host than this "
+                    "controller, its transfers write their progress there, and this run shows only their "
+                    "results at the end (or make that directory visible here, see the callback's docs)"
+                    % (directory, int(rounds * interval)))
 
     def _halt(self):
         if self._stop is not None:

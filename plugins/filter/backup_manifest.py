@@ -92,6 +92,7 @@ def backup_manifest(vm, snapshot, transfers, parent=None):
                 entry["fallback_reason"] = result["fallback_reason"]
         disks.append(entry)
     delta = any(d["mode"] in ("delta", "incremental") for d in disks)
+    backed_up = set(d["target"] for d in disks)
     return {
         "type": "incremental" if delta else "full",
         "parent": parent if delta else None,
@@ -102,8 +103,29 @@ def backup_manifest(vm, snapshot, transfers, parent=None):
         "nvram": vm.get("nvram"),
         "uuid": vm.get("uuid"),
         "disks": disks,
-        "excluded": snapshot.get("excluded", []),
+        "excluded": excluded_disks(vm, snapshot, backed_up),
     }
+
+
+def excluded_disks(vm, snapshot, backed_up):
+    """The disks this backup left out, each with its reason; never a disk it holds.
+
+    kvm_snapshot also lists the disks it left to another backend (LVM, RBD): those are in
+    ``disks`` when their own transfer carried them, and only a disk that no transfer carried
+    is excluded. A disk of the VM that no step named is excluded too ("not backed up").
+    """
+    out = []
+    named = set()
+    for entry in snapshot.get("excluded", []):
+        named.add(entry["target"])
+        if entry["target"] not in backed_up:
+            out.append({"target": entry["target"], "reason": entry["reason"]})
+    for disk in vm.get("disks", []):
+        target = disk.get("target")
+        if target in backed_up or target in named:
+            continue
+        out.append({"target": target, "reason": disk.get("skip_reason") or "not backed up"})
+    return out
 
 
 class FilterModule:

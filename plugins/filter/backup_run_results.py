@@ -13,7 +13,9 @@ description:
     set by the backup role). A host that stopped before it recorded one (an unreachable
     hypervisor, a failure outside the role's rescue) counts as a failed backup, so the run's
     result names every VM that was not backed up.
-positional: hostvars
+  - Requested VMs that no hypervisor has (O(missing)) count as failed backups too, under
+    hypervisor C(none), with a message naming the hypervisors that were searched.
+positional: hostvars, missing, searched
 options:
   _input:
     description: The per-VM hosts (C(groups._vmbackup_jobs)).
@@ -24,6 +26,16 @@ options:
     description: C(hostvars).
     type: raw
     required: true
+  missing:
+    description: Requested VM names that no hypervisor has.
+    type: list
+    elements: str
+    default: []
+  searched:
+    description: The hypervisors that were searched for them.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -40,7 +52,7 @@ _value:
 """
 
 
-def backup_run_results(jobs, hostvars):
+def backup_run_results(jobs, hostvars, missing=None, searched=None):
     results = []
     for host in jobs:
         found = hostvars[host]
@@ -52,6 +64,11 @@ def backup_run_results(jobs, hostvars):
         results.append({"vm": job["vm"], "hypervisor": job["hypervisor"], "result": "failed",
                         "error": "the backup of VM %s on %s stopped before it recorded a result; see the task that "
                                  "failed for host %s above" % (job["vm"], job["hypervisor"], host)})
+    for vm in missing or []:
+        results.append({"vm": vm, "hypervisor": "none", "result": "failed",
+                        "error": "VM %s was not found on any hypervisor (searched: %s); nothing was backed up for it. "
+                                 "Check the name with 'virsh list --all', and that its hypervisor is in the inventory "
+                                 "and answered." % (vm, ", ".join(searched or []) or "none")})
     return results
 
 

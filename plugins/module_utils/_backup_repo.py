@@ -10,10 +10,12 @@ import datetime
 import json
 import os
 import re
+import tempfile
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import full_due
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
     FORMAT_VERSION,
@@ -31,7 +33,7 @@ ARGUMENT_SPEC = dict(
     before=dict(type="str"),
     manifest=dict(type="dict"),
     domain_xml=dict(type="str"),
-    files=dict(type="dict", default={}),
+    files=dict(type="dict", default={}, no_log=True),  # NVRAM: UEFI variables can hold secrets
     full_every=dict(type="int", default=0),
     full_every_days=dict(type="int", default=0),
     clean=dict(type="bool", default=False),
@@ -108,8 +110,11 @@ def _run(module):
         return {"changed": False, "backup": with_paths(repo, manifest, vm),
                 "chain": [with_paths(repo, m, vm) for m in chain]}
     if action == "report":
+        check_repository_path(repo.path, p["lock_node"])
         return write_report(module, repo, p["report_name"], p["report"])
     if action == "begin":
+        # Before anything else: a repository that cannot hold backups fails here, clearly.
+        check_repository_path(repo.path, p["lock_node"])
         mode_fixes = _make_private(module, repo)
         # The VM's lock first (one module run instead of two): it makes the clean below safe.
         lock = _lock.acquire(module, _repo_lock(repo, vm, p)) if p["lock_owner"] else None
@@ -140,7 +145,8 @@ def _run(module):
         if existed and not module.check_mode:
             repo.abort(vm, p["backup_id"])
         return {"changed": existed, "unlocked": _unlock(module, repo, vm, p)}
-    # commit
+    # commit: the domain XML's passwords never show in a result or an error; the rest stays visible.
+    module.no_log_values.update(Domain(p["domain_xml"], what="VM %s" % vm).secrets())
     manifest = dict(p["manifest"])
     manifest.update({
         "format_version": FORMAT_VERSION,
@@ -165,6 +171,37 @@ def _run(module):
         return {"changed": True, "manifest": manifest}
     final = repo.commit(vm, p["backup_id"], manifest, files)
     return {"changed": True, "manifest": manifest, "dir": final, "unlocked": _unlock(module, repo, vm, p)}
+
+
+def check_repository_path(path, node=""):
+    """Refuse a repository path that cannot hold backups, naming it, the node and what to do.
+
+    The path must be a directory, or be missing (it is then created, with missing parents);
+    the directory, or its nearest existing parent, must take a file: a real write, as root
+    passes every mode check but a read-only mount or an immutable directory still refuses it.
+    """
+    where = "backup repository %s%s" % (path, " on backup node %s" % node if node else "")
+    fix = "Set vmbackup_repository (backup_repository) to a directory this node can write"
+    if os.path.lexists(path) and not os.path.isdir(path):
+        kind = "a file" if os.path.isfile(path) else "not a directory"
+        raise VmbackupError("the %s is %s; nothing was written. %s, or move it away." % (where, kind, fix))
+    # A missing repository is created with its missing parents: the nearest existing one must
+    # be a directory that takes a file.
+    probe_dir = path
+    while not os.path.isdir(probe_dir):
+        parent = os.path.dirname(probe_dir)
+        if os.path.lexists(probe_dir) or parent == probe_dir:
+            raise VmbackupError("the %s cannot be created: %s is not a directory; nothing was written. %s."
+                                % (where, probe_dir, fix))
+        probe_dir = parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vmbackup-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise VmbackupError("the %s is not writable: %s cannot take a file (%s); nothing was written. Make it "
+                            "writable (a read-only mount, an immutable directory, a full or foreign file system?), "
+                            "or %s." % (where, probe_dir, exc.strerror, fix[0].lower() + fix[1:]))
 
 
 def _repo_lock(repo, vm, p):

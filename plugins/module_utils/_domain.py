@@ -16,6 +16,8 @@ import copy
 import hashlib
 import uuid as uuidlib
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+
 try:
     from lxml import etree
     HAS_LXML = True
@@ -35,8 +37,16 @@ RUNTIME_XPATHS = (
 )
 
 
-class DomainXMLError(ValueError):
-    pass
+class DomainXMLError(VmbackupError, ValueError):
+    """The collection's error for XML it cannot read or change: the module fails with its message."""
+
+    def __init__(self, msg, **details):
+        VmbackupError.__init__(self, msg, **details)
+
+
+# A shareable disk is used by several domains at once (cluster file systems, quorum disks).
+SHAREABLE_REASON = ("disk is shareable (used by several domains); a snapshot of one domain would not be "
+                    "consistent. Back it up with the storage or cluster that owns it")
 
 
 class Disk:
@@ -94,7 +104,7 @@ class Disk:
         if self.source is None:
             return "other", "disk has no source"
         if self.shareable:
-            return "other", "disk is shareable (used by several domains); a snapshot of one domain would not be consistent"
+            return "other", SHAREABLE_REASON
         if self.transient:
             return "other", "disk is transient; libvirt refuses snapshots of transient disks"
         if self.readonly:
@@ -204,18 +214,24 @@ class Disk:
 class Domain:
     """A domain definition; ``xml`` is what ``virsh dumpxml`` printed."""
 
-    def __init__(self, xml):
+    def __init__(self, xml, what=None):
+        """``what`` names the XML in errors (``VM web1 on host hv1``, ``backup X of VM web1``)."""
+        where = " of %s" % what if what else ""
         if not HAS_LXML:
-            raise DomainXMLError("the Python library lxml is required: %s" % LXML_IMPORT_ERROR)
+            raise DomainXMLError("the Python library lxml is required to read the domain XML%s: %s; install "
+                                 "python3-lxml (or pip install lxml) for the interpreter Ansible uses there"
+                                 % (where, LXML_IMPORT_ERROR))
         if isinstance(xml, str):
             xml = xml.encode("utf-8")
         try:
             parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
             self.root = etree.fromstring(xml, parser)
-        except etree.XMLSyntaxError as exc:
-            raise DomainXMLError("domain XML does not parse: %s" % exc)
-        if self.root.tag != "domain":
-            raise DomainXMLError("expected a <domain> document, found <%s>" % self.root.tag)
+        except (etree.XMLSyntaxError, ValueError) as exc:
+            raise DomainXMLError("the domain XML%s does not parse: %s. Check it with 'virsh dumpxml' (for a "
+                                 "backup, its domain.xml in the repository)" % (where, exc))
+        if self.root is None or self.root.tag != "domain":
+            raise DomainXMLError("the domain XML%s is not what was expected: expected a <domain> document, found <%s>"
+                                 % (where, getattr(self.root, "tag", None)))
 
     # --- reading -----------------------------------------------------------------
     def _text(self, path):
@@ -267,7 +283,42 @@ class Domain:
             return {}
         return {etree.QName(child).localname: child.text for child in el}
 
+    def secrets(self):
+        """The secret values the XML holds (VNC/SPICE/RDP passwords), to keep out of logs and results."""
+        found = set()
+        for el in self.root.xpath(".//*[@passwd]"):
+            if el.get("passwd"):
+                found.add(el.get("passwd"))
+        return sorted(found)
+
     # --- changing ----------------------------------------------------------------
+    def sandbox(self, keep_targets):
+        """Make the definition safe to boot beside the live VM: only the disks in ``keep_targets``.
+
+        Every other disk (shareable, network, cdroms and floppies with a host path, disks the
+        backup left out) and every <hostdev> would be a live VM's storage or device; they are
+        removed. Empty cdrom and floppy drives (no source) stay. Returns what was removed, each
+        ``{"device": "disk"|"hostdev", "target": ..., "reason": ...}``.
+        """
+        keep = set(keep_targets)
+        removed = []
+        for disk in self.disks:
+            if disk.target in keep:
+                continue
+            if disk.device in ("cdrom", "floppy") and disk.source is None:
+                continue  # an empty drive touches nothing
+            reason = disk.skip_reason or "not restored into the sandbox"
+            removed.append({"device": "disk", "target": disk.target, "source": disk.source, "reason": reason})
+            disk.element.getparent().remove(disk.element)
+        for hostdev in self.root.findall("devices/hostdev"):
+            address = hostdev.find("source/address")
+            desc = (" ".join("%s=%s" % kv for kv in sorted(address.attrib.items()))
+                    if address is not None else hostdev.get("type"))
+            removed.append({"device": "hostdev", "target": desc, "source": None,
+                            "reason": "a host device belongs to the live VM's host"})
+            hostdev.getparent().remove(hostdev)
+        return removed
+
     def set_name(self, name):
         self._set_text("name", name)
 

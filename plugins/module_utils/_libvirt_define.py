@@ -41,12 +41,14 @@ ARGUMENT_SPEC = dict(
     metadata=dict(type="dict", default={}),
     autostart=dict(type="bool"),
     force=dict(type="bool", default=False),
+    sandbox=dict(type="bool", default=False),
     **URI_ARGSPEC
 )
 
 
-def desired_domain(params, emulator_exists=os.path.exists):
-    domain = Domain(params["xml"])
+def desired_domain(params, emulator_exists=os.path.exists, removed=None):
+    """The definition to make; with ``sandbox``, what was removed is appended to ``removed``."""
+    domain = Domain(params["xml"], what="the VM to define%s" % (" as %s" % params["name"] if params["name"] else ""))
     original_name = domain.name
     original_uuid = domain.uuid
     name = params["name"] or original_name
@@ -82,6 +84,10 @@ def desired_domain(params, emulator_exists=os.path.exists):
             disk.set_rbd_source(spec.get("name") or spec["path"], spec.get("hosts"), spec.get("auth"))
         else:
             raise VmbackupError("disk %s: unknown type %r (file, block, rbd)" % (target, kind))
+    if params.get("sandbox"):
+        dropped = domain.sandbox([spec["target"] for spec in params["disks"]])
+        if removed is not None:
+            removed.extend(dropped)
     if params["nvram"]:
         domain.set_nvram(params["nvram"])
     emulator = params["emulator"]
@@ -105,9 +111,12 @@ def definition_hash(domain):
 
 def run(module):
     p = module.params
+    # The XML's passwords never show in a result, a diff or an error; the rest stays visible.
+    module.no_log_values.update(Domain(p["xml"], what="the VM to define").secrets())
     runner = CommandRunner(module)
     virsh = Virsh(runner, p["uri"])
-    domain = desired_domain(p)
+    removed = []
+    domain = desired_domain(p, removed=removed)
     name = domain.name
     digest = definition_hash(domain)
     meta = dict(p["metadata"])
@@ -117,7 +126,9 @@ def run(module):
     exists = virsh.exists(name)
     before = ""
     if exists:
-        current = Domain(virsh.dumpxml(name, inactive=True, security_info=True))
+        current = Domain(virsh.dumpxml(name, inactive=True, security_info=True),
+                         what="VM %s on host %s" % (name, runner.host))
+        module.no_log_values.update(current.secrets())
         before = current.to_xml()
         unchanged = current.metadata("definition_sha256") == digest
         if not unchanged:
@@ -136,7 +147,7 @@ def run(module):
 
     changed = not unchanged
     result = {"changed": changed, "name": name, "uuid": domain.uuid, "macs": domain.macs,
-              "definition_sha256": digest}
+              "definition_sha256": digest, "removed": removed}
     if module._diff:
         result["diff"] = {"before": before, "after": domain.to_xml() if changed else before}
     if changed and not module.check_mode:

@@ -26,7 +26,7 @@ def describe_vm(virsh, name, agent_timeout=5, include_xml=False):
     info = virsh.dominfo(name)
     state = virsh.state(name)
     running = state in ("running", "paused", "in shutdown", "pmsuspended")
-    domain = Domain(virsh.dumpxml(name))
+    domain = Domain(virsh.dumpxml(name), what="VM %s on host %s" % (name, virsh.runner.host))
     disks = []
     for disk in domain.disks:
         entry = disk.as_dict()
@@ -76,7 +76,7 @@ def summarize_vm(virsh, name):
         "name": name,
         "state": state,
         "running": state in ("running", "paused", "in shutdown", "pmsuspended"),
-        "metadata": Domain(virsh.dumpxml(name)).all_metadata(),
+        "metadata": Domain(virsh.dumpxml(name), what="VM %s on host %s" % (name, virsh.runner.host)).all_metadata(),
     }
 
 
@@ -90,8 +90,20 @@ def gather(module):
         names = [p["name"]]
     else:
         names = virsh.list_names()
-    if p["details"]:
-        vms = [describe_vm(virsh, n, p["agent_timeout"], p["include_xml"]) for n in names]
-    else:
-        vms = [summarize_vm(virsh, n) for n in names]
-    return {"changed": False, "vms": vms}
+    if not p["details"]:
+        return {"changed": False, "vms": [summarize_vm(virsh, n) for n in names]}
+    vms = []
+    secrets = set()
+    try:
+        for n in names:
+            vm = describe_vm(virsh, n, p["agent_timeout"], p["include_xml"])
+            if "xml" in vm:
+                secrets.update(Domain(vm["xml"], what="VM %s on host %s" % (n, runner.host)).secrets())
+            vms.append(vm)
+    except VmbackupError:
+        # A failure stays visible (the task has no no_log), with the secrets read so far masked.
+        module.no_log_values.update(secrets)
+        raise
+    # With the XML, the result holds the domain's secrets (VNC/SPICE passwords) as a restore
+    # needs them: the action plugin hides a successful result's output (never a failure's).
+    return {"changed": False, "vms": vms, "secrets_returned": bool(p["include_xml"] and vms)}

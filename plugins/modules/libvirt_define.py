@@ -87,6 +87,16 @@ options:
     description: Replace the definition of an existing (shut-off) domain of the same name.
     type: bool
     default: false
+  sandbox:
+    description:
+      - Define a copy that is safe to boot beside the live VM (restore tests). Every disk that
+        O(disks) does not map is removed (shareable, network and excluded disks, cdroms and
+        floppies with a host path, which would be the live VM's storage), and so is every
+        C(<hostdev>). Empty cdrom and floppy drives stay. RV(removed) lists what went.
+      - The domain's passwords (C(passwd) attributes) never appear in a result, a diff or an
+        error, whatever this option says.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -104,6 +114,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+removed:
+  description: With O(sandbox), the devices removed from the definition (C(device), C(target), C(source), C(reason)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{device: disk, target: vdb, source: /srv/shared/quorum.img, reason: "disk is shareable ..."}]
 name:
   description: The domain's name.
   returned: always

@@ -48,7 +48,10 @@ options:
   include_xml:
     description:
       - Also return each VM's persistent definition (C(virsh dumpxml --inactive --security-info)) as RV(vms[].xml).
-      - The XML can hold secrets such as VNC passwords; do not print it.
+      - The XML can hold secrets such as VNC passwords. The module's action plugin hides the
+        output of a successful run that returns it (as C(no_log) would, the registered variable
+        keeps it); a failed run stays visible, with every password it had read masked. So give
+        the task no C(no_log) of its own, or its errors are hidden too.
     type: bool
     default: false
 requirements:
@@ -73,6 +76,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+secrets_returned:
+  description: Whether RV(vms) holds domain XML with its secrets (O(include_xml)); its output was hidden.
+  returned: success
+  type: bool
 vms:
   description: One entry per VM.
   returned: always

@@ -103,3 +103,71 @@ def test_backup_run_results_count_a_host_without_a_result_as_failed():
     assert results[0] == {"vm": "a", "hypervisor": "hv1", "result": "ok"}
     assert results[1]["vm"] == "b" and results[1]["result"] == "failed"
     assert "stopped before it recorded a result" in results[1]["error"] and "b@hv2" in results[1]["error"]
+
+
+def test_manifest_excludes_only_disks_it_left_out():
+    """RBD and LVM disks that their own transfers carried are in disks, never under excluded."""
+    vm = dict(VM, disks=VM["disks"] + [
+        {"target": "vdd", "backend": "other", "shareable": True, "supported": False,
+         "skip_reason": "disk is shareable (used by several domains)"},
+        {"target": "hdc", "backend": "other", "device": "cdrom", "supported": False, "skip_reason": "device is a cdrom"},
+    ])
+    snapshot = dict(SNAPSHOT, excluded=[
+        {"target": "vdb", "reason": "block disk: snapshot by its own backend (lvm_snapshot, rbd_export)"},
+        {"target": "vdc", "reason": "rbd disk: snapshot by its own backend (lvm_snapshot, rbd_export)"},
+        {"target": "vdd", "reason": "disk is shareable (used by several domains)"},
+        {"target": "hdc", "reason": "device is a cdrom"},
+    ])
+    m = backup_manifest(vm, snapshot, [FILE, LVM, RBD], "A")
+    assert [d["target"] for d in m["disks"]] == ["vda", "vdb", "vdc"]
+    assert m["excluded"] == [{"target": "vdd", "reason": "disk is shareable (used by several domains)"},
+                             {"target": "hdc", "reason": "device is a cdrom"}]
+    # An RBD disk whose transfer did not run (none of its results) is left out, with a reason.
+    m = backup_manifest(vm, snapshot, [FILE, LVM], "A")
+    assert {"target": "vdc", "reason": "rbd disk: snapshot by its own backend (lvm_snapshot, rbd_export)"} in m["excluded"]
+    # A disk of the VM that no step named is reported too.
+    m = backup_manifest(dict(VM), {"disks": SNAPSHOT["disks"], "excluded": []}, [FILE], "A")
+    assert [e["target"] for e in m["excluded"]] == ["vdb", "vdc"]
+
+
+SHARED = {"target": "vdb", "supported": False, "shareable": True, "skip_reason": "disk is shareable"}
+NBD = {"target": "vdc", "supported": False, "skip_reason": "network disk protocol 'nbd' is not supported"}
+CDROM = {"target": "sda", "device": "cdrom", "supported": False, "readonly": True, "skip_reason": "device is a cdrom"}
+RO_SHARED = {"target": "vde", "supported": False, "readonly": True, "shareable": True, "skip_reason": "disk is shareable"}
+OK = {"target": "vda", "supported": True, "skip_reason": None}
+
+
+@pytest.mark.parametrize("unsupported, shareable, blocking, skipped, warned", [
+    ("fail", "skip", ["vdc"], ["vdb", "sda", "vde"], ["vdb"]),
+    ("fail", "fail", ["vdb", "vdc"], ["sda", "vde"], []),
+    ("skip", "skip", [], ["vdb", "vdc", "sda", "vde"], ["vdb", "vdc"]),
+    ("skip", "fail", ["vdb"], ["vdc", "sda", "vde"], ["vdc"]),
+])
+def test_disk_plan(unsupported, shareable, blocking, skipped, warned):
+    from ansible_collections.vmbackup.libvirt.plugins.filter.backup_disk_plan import backup_disk_plan
+    plan = backup_disk_plan([OK, SHARED, NBD, CDROM, RO_SHARED], unsupported, shareable)
+    assert [b["target"] for b in plan["blocking"]] == blocking
+    assert sorted(s["target"] for s in plan["skipped"]) == sorted(skipped)
+    assert [w.split()[1] for w in plan["warnings"]] == warned
+    for b in plan["blocking"]:
+        assert ("vmbackup_shareable_disks=skip" if b["target"] == "vdb" else "vmbackup_unsupported_disks=skip") in b["hint"]
+    assert all("was not backed up: " in w for w in plan["warnings"])
+
+
+def test_disk_plan_refuses_unknown_settings():
+    from ansible_collections.vmbackup.libvirt.plugins.filter.backup_disk_plan import backup_disk_plan
+    with pytest.raises(ValueError, match="shareable must be one of skip, fail"):
+        backup_disk_plan([], "fail", "ignore")
+
+
+def test_run_results_count_missing_vms_as_failed():
+    from ansible_collections.vmbackup.libvirt.plugins.filter.backup_run_results import backup_run_results
+    hostvars = {"a@hv1": {"_backup_results": [{"vm": "a", "hypervisor": "hv1", "result": "ok"}],
+                          "_vmbackup_job": {"vm": "a", "hypervisor": "hv1"}},
+                "b@hv1": {"_vmbackup_job": {"vm": "b", "hypervisor": "hv1"}}}
+    got = backup_run_results(["a@hv1", "b@hv1"], hostvars, ["nosuchvm"], ["hv1", "hv2"])
+    assert [(r["vm"], r["hypervisor"], r["result"]) for r in got] == [
+        ("a", "hv1", "ok"), ("b", "hv1", "failed"), ("nosuchvm", "none", "failed")]
+    assert "VM nosuchvm was not found on any hypervisor (searched: hv1, hv2)" in got[2]["error"]
+    assert "virsh list --all" in got[2]["error"]
+    assert backup_run_results([], {}) == []

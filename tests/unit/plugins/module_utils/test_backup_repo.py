@@ -17,6 +17,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import V
 class FakeModule:
     def __init__(self, check_mode=False, **params):
         self.check_mode = check_mode
+        self.no_log_values = set()  # as AnsibleModule: values masked in every result and error
         self.params = dict((k, v.get("default")) for k, v in _backup_repo.ARGUMENT_SPEC.items())
         self.params.update(params)
 
@@ -79,3 +80,52 @@ def test_begin_takes_the_vms_lock_and_commit_or_abort_gives_it_back(tmp_path):
     gone = _backup_repo.run(FakeModule(path=repo, vm="web1", action="abort", backup_id="20261122T020000Z",
                                        lock_owner="run-b"))
     assert gone["unlocked"] is True and gone["changed"] is True and not os.path.exists(lock)
+
+
+# --- the repository path, checked by begin before anything else (issue 13, new-user findings)
+def _repo_path_case(tmp_path, kind):
+    if kind == "file":
+        path = tmp_path / "repo"
+        path.write_text("not a repository")
+        return str(path), r"backup repository .*/repo on backup node nodeA is a file; nothing was written"
+    if kind == "parent-file":
+        (tmp_path / "plain").write_text("x")
+        return (str(tmp_path / "plain" / "sub" / "repo"),
+                r"cannot be created: .*/plain is not a directory; nothing was written")
+    if kind == "missing-parents":
+        return str(tmp_path / "a" / "b" / "repo"), None
+    return str(tmp_path / "repo"), None
+
+
+@pytest.mark.parametrize("kind", ["file", "parent-file", "missing-parents", "fine"])
+def test_begin_checks_the_repository_path_first(tmp_path, kind):
+    path, error = _repo_path_case(tmp_path, kind)
+    module = FakeModule(path=path, vm="web1", action="begin", lock_owner="run-a", lock_node="nodeA")
+    if error:
+        with pytest.raises(VmbackupError, match=error):
+            _backup_repo.run(module)
+        assert not os.path.exists(os.path.join(os.path.dirname(path), ".locks"))
+    else:
+        assert os.path.isdir(_backup_repo.run(module)["dir"])
+
+
+def test_begin_and_report_refuse_a_repository_that_takes_no_file(tmp_path, monkeypatch):
+    """Root passes every mode check: the check is a real write, which a read-only mount refuses."""
+    def refuse(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(_backup_repo.tempfile, "mkstemp", refuse)
+    for params in (dict(vm="web1", action="begin"), dict(action="report", report_name="hv1", report={})):
+        with pytest.raises(VmbackupError, match=r"is not writable: .* cannot take a file \(Read-only file system\)"):
+            _backup_repo.run(FakeModule(path=str(tmp_path / "repo"), **params))
+    assert not os.path.exists(str(tmp_path / "repo"))
+
+
+def test_commit_masks_the_domain_passwords(tmp_path):
+    module = FakeModule(path=str(tmp_path / "repo"), vm="web1", action="begin", backup_id="20261122T010000Z")
+    _backup_repo.run(module)
+    module = FakeModule(path=str(tmp_path / "repo"), vm="web1", action="commit", backup_id="20261122T010000Z",
+                        manifest={"type": "full", "disks": []},
+                        domain_xml="<domain><name>web1</name><devices><graphics type='vnc' passwd='pw-1'/>"
+                                   "</devices></domain>")
+    _backup_repo.run(module)
+    assert module.no_log_values == {"pw-1"}

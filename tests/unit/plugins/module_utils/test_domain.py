@@ -265,3 +265,64 @@ def test_metadata_and_strip_runtime():
     assert "<alias" not in xml and "backingStore" not in xml and "dynamic" not in xml
     assert dom.root.get("id") is None
     assert dom.normalized() == before, "normalized() ignores runtime-only elements"
+
+
+# --- secrets, sandbox, errors (issue 13: errors stay visible, restore tests touch no production storage)
+SANDBOX_DEVICES = """
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/img/vm1.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/>
+      <source file='/shared/quorum.img'/><target dev='vdb' bus='virtio'/><shareable/></disk>
+    <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+      <source protocol='nbd' name='export'><host name='192.0.2.9' port='10809'/></source>
+      <target dev='vdc' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>
+      <source file='/iso/install.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sdb' bus='sata'/><readonly/></disk>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev>
+    <hostdev mode='subsystem' type='usb'><source><vendor id='0x1234'/><product id='0xbeef'/></source></hostdev>
+    <graphics type='vnc' port='-1' passwd='vnc-s3cret'/>
+    <graphics type='spice' autoport='yes' passwd='spice-s3cret'/>
+"""
+
+
+@pytest.mark.parametrize("keep, removed_targets, kept_targets", [
+    # Only the restored disk stays; the empty cdrom drive touches nothing and stays too.
+    (["vda"], ["vdb", "vdc", "sda"], ["vda", "sdb"]),
+    # A mapping for a disk keeps it (a test that restored the shared disk as its own copy).
+    (["vda", "vdb"], ["vdc", "sda"], ["vda", "vdb", "sdb"]),
+    ([], ["vda", "vdb", "vdc", "sda"], ["sdb"]),
+])
+def test_sandbox_keeps_only_restored_disks_and_drops_hostdevs(keep, removed_targets, kept_targets):
+    d = Domain(domain_xml(SANDBOX_DEVICES))
+    removed = d.sandbox(keep)
+    assert [r["target"] for r in removed if r["device"] == "disk"] == removed_targets
+    assert [r["device"] for r in removed].count("hostdev") == 2
+    assert [disk.target for disk in d.disks] == kept_targets
+    assert d.root.findall("devices/hostdev") == []
+    reasons = {r["target"]: r["reason"] for r in removed}
+    if "vdb" in reasons:
+        assert "shareable" in reasons["vdb"]
+    assert "'nbd' is not supported" in reasons["vdc"]
+    assert "0x03" in [r["target"] for r in removed if r["device"] == "hostdev"][0]
+    # What stays is a valid definition with everything else (graphics) intact.
+    again = Domain(d.to_xml())
+    assert len(again.root.findall("devices/graphics")) == 2
+
+
+def test_secrets_are_the_passwd_attributes():
+    assert Domain(domain_xml(SANDBOX_DEVICES)).secrets() == ["spice-s3cret", "vnc-s3cret"]
+    assert Domain(domain_xml("<graphics type='vnc' passwd=''/>")).secrets() == []
+    assert Domain(domain_xml()).secrets() == []
+
+
+@pytest.mark.parametrize("xml, what, expected", [
+    ("<domain><name>x", "VM web1 on host hv1", r"the domain XML of VM web1 on host hv1 does not parse: .*virsh dumpxml"),
+    ("", None, r"the domain XML does not parse"),
+    ("<network/>", "backup B of VM web1", r"of backup B of VM web1 is not what was expected.*found <network>"),
+])
+def test_xml_errors_are_the_collections_errors(xml, what, expected):
+    from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+    with pytest.raises(VmbackupError, match=expected):
+        Domain(xml, what=what)

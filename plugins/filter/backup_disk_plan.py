@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: backup_disk_plan
+short_description: Decide which disks of a VM a backup leaves out, which it refuses, and what it warns about
+version_added: 0.3.0
+description:
+  - Takes the disks of M(vmbackup.libvirt.vm_info) and the backup role's disk settings, and
+    says which disks block the VM's backup (it then fails with their reasons), which are left
+    out, and the warnings that the run's summary and the VM's result carry.
+  - Read-only disks, cdroms and floppies hold nothing the VM writes; they are left out quietly
+    (the manifest lists them under C(excluded)).
+  - Shareable disks (used by several VMs at once) are left out with a warning when
+    O(shareable=skip), or block the backup when O(shareable=fail).
+  - Other disks the collection cannot back up (directory, iSCSI, NBD, volume...) block the
+    backup when O(unsupported=fail), or are left out with a warning when O(unsupported=skip).
+positional: unsupported, shareable
+options:
+  _input:
+    description: The VM's disks (C(vms[0].disks) of M(vmbackup.libvirt.vm_info)).
+    type: list
+    elements: dict
+    required: true
+  unsupported:
+    description: What to do with disks the collection cannot back up.
+    type: str
+    choices: [fail, skip]
+    default: fail
+  shareable:
+    description: What to do with shareable disks.
+    type: str
+    choices: [skip, fail]
+    default: skip
+"""
+
+EXAMPLES = r"""
+- name: Plan the disks of the VM
+  ansible.builtin.set_fact:
+    plan: "{{ info.vms[0].disks | vmbackup.libvirt.backup_disk_plan('fail', 'skip') }}"
+"""
+
+RETURN = r"""
+_value:
+  description: C(blocking) and C(skipped) (lists of C(target), C(reason)) and C(warnings) (strings).
+  type: dict
+"""
+
+CHOICES = {"unsupported": ("fail", "skip"), "shareable": ("skip", "fail")}
+
+
+def backup_disk_plan(disks, unsupported="fail", shareable="skip"):
+    for name, value in (("unsupported", unsupported), ("shareable", shareable)):
+        if value not in CHOICES[name]:
+            raise ValueError("backup_disk_plan: %s must be one of %s, not %r" % (name, ", ".join(CHOICES[name]), value))
+    blocking, skipped, warnings = [], [], []
+    for disk in disks:
+        if disk.get("supported"):
+            continue
+        entry = {"target": disk.get("target"), "reason": disk.get("skip_reason") or "not supported"}
+        if disk.get("device") in ("cdrom", "floppy") or disk.get("readonly"):
+            skipped.append(entry)
+            continue
+        policy, setting = ((shareable, "vmbackup_shareable_disks") if disk.get("shareable")
+                           else (unsupported, "vmbackup_unsupported_disks"))
+        if policy == "fail":
+            blocking.append(dict(entry, hint="set %s=skip to back up the other disks without it" % setting))
+        else:
+            skipped.append(entry)
+            warnings.append("disk %s was not backed up: %s" % (entry["target"], entry["reason"]))
+    return {"blocking": blocking, "skipped": skipped, "warnings": warnings}
+
+
+class FilterModule:
+    def filters(self):
+        return {"backup_disk_plan": backup_disk_plan}
