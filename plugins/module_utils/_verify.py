@@ -42,6 +42,18 @@ def check_disk(runner, bdir, disk):
     return problems
 
 
+def check_files(bdir, manifest):
+    """Problems with the domain XML, NVRAM and TPM state files (backups that record their sha256)."""
+    problems = []
+    for name, expected in sorted((manifest.get("files_sha256") or {}).items()):
+        path = os.path.join(bdir, os.path.basename(name))
+        if not os.path.exists(path):
+            problems.append("%s is missing" % path)
+        elif sha256_file(path) != expected:
+            problems.append("%s: sha256 %s, the manifest says %s" % (path, sha256_file(path), expected))
+    return problems
+
+
 def run(module):
     p = module.params
     repo = Repository(p["path"])
@@ -63,6 +75,7 @@ def run(module):
                 problems += check_disk(runner, bdir, disk)
             if not os.path.exists(os.path.join(bdir, manifest.get("domain_xml", "domain.xml"))):
                 problems.append("the domain XML is missing")
+            problems += check_files(bdir, manifest)
             parent = manifest.get("parent")
             if parent and repo.manifest(vm, parent) is None:
                 problems.append("its parent backup %s is missing" % parent)
