@@ -14,6 +14,7 @@ PACKAGES=(
   python3-lxml python3-paramiko python3-jmespath
   virtnbdbackup libnbd-bin python3-libnbd
   iproute2 procps psmisc time
+  swtpm swtpm-tools
 )
 
 stamp=/var/tmp/vmbackup-deps.stamp

@@ -101,6 +101,9 @@ def backup_manifest(vm, snapshot, transfers, parent=None):
         "persistent": vm.get("persistent"),
         "hypervisor_type": vm.get("hypervisor"),
         "nvram": vm.get("nvram"),
+        # The emulated TPM's state files, stored as tpm-NAME beside the domain XML.
+        "tpm": ({"model": vm["tpm"].get("model"), "version": vm["tpm"].get("version"),
+                 "files": list(vm["tpm"].get("files") or [])} if vm.get("tpm") else None),
         "uuid": vm.get("uuid"),
         "disks": disks,
         "excluded": excluded_disks(vm, snapshot, backed_up),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -167,6 +168,8 @@ def _run(module):
             raise VmbackupError("invalid extra file name %r" % name)
         files[name] = base64.b64decode(content)
     manifest["files"] = sorted(n for n in files if n != "domain.xml")
+    # verify checks these too: NVRAM and TPM state are as much the VM as its disks.
+    manifest["files_sha256"] = {n: hashlib.sha256(files[n]).hexdigest() for n in sorted(files)}
     if module.check_mode:
         return {"changed": True, "manifest": manifest}
     final = repo.commit(vm, p["backup_id"], manifest, files)

@@ -21,6 +21,12 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import (
     derived_mac,
     derived_uuid,
 )
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._tpm import (
+    emulator_tpm,
+    plan_writes,
+    state_dir,
+    write_state,
+)
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
 
 EMULATOR_CANDIDATES = (
@@ -42,6 +48,8 @@ ARGUMENT_SPEC = dict(
     autostart=dict(type="bool"),
     force=dict(type="bool", default=False),
     sandbox=dict(type="bool", default=False),
+    # What the guest sealed in its TPM: secret, so masked in every output.
+    tpm_state=dict(type="dict", no_log=True),
     **URI_ARGSPEC
 )
 
@@ -160,6 +168,8 @@ def run(module):
                            "and that no other VM has UUID %s)." % domain.uuid)
         finally:
             os.unlink(tmp)
+    if p["tpm_state"]:
+        _restore_tpm_state(module, virsh, domain, exists and not changed, result)
     if p["autostart"] is not None and (exists or changed) and not module.check_mode:
         info = virsh.dominfo(name)
         is_on = info.get("autostart") in ("enable", "yes")
@@ -168,3 +178,32 @@ def run(module):
                       what="setting autostart of VM %s" % name)
             result["changed"] = True
     return result
+
+
+def _restore_tpm_state(module, virsh, domain, defined_before, result):
+    """Put the backed-up swtpm state files under the defined domain's UUID."""
+    tpm = emulator_tpm(domain.root)
+    name = domain.name
+    if tpm is None:
+        raise VmbackupError("tpm_state was given, but VM %s has no emulated TPM (<tpm><backend "
+                            "type='emulator'/>) in its definition; nothing was written" % name)
+    directory = state_dir(domain.uuid, tpm["version"])
+    writes, removals = plan_writes(directory, module.params["tpm_state"], name)
+    result["tpm_state_dir"] = directory
+    result["tpm_state_written"] = sorted(writes)
+    result["tpm_state_removed"] = removals
+    if not writes and not removals:
+        return
+    if defined_before and virsh.state(name) not in ("shut off", "crashed"):
+        raise VmbackupError("VM %s on host %s is running; its TPM state in %s cannot be replaced under "
+                            "a running swtpm. Stop the VM and run the restore again."
+                            % (name, virsh.runner.host, directory))
+    result["changed"] = True
+    if module.check_mode:
+        return
+    try:
+        write_state(directory, writes, removals)
+    except OSError as exc:
+        raise VmbackupError("writing the TPM state of VM %s into %s on host %s failed: %s. Check that "
+                            "%s is writable by root and has room."
+                            % (name, directory, virsh.runner.host, exc, directory))

@@ -62,6 +62,7 @@ def check_backup(runner, repo, vm, manifest):
         problems += check_disk(runner, repo, vm, backup_id, disk)
     if not os.path.exists(os.path.join(bdir, manifest.get("domain_xml") or "domain.xml")):
         problems.append("the domain XML is missing")
+    problems += check_files(bdir, manifest)
     parent = manifest.get("parent")
     if parent:
         try:
@@ -69,6 +70,18 @@ def check_backup(runner, repo, vm, manifest):
                 problems.append("its parent backup %s is missing" % parent)
         except ManifestError as exc:
             problems.append("its parent backup %s is damaged: %s" % (parent, exc.msg))
+    return problems
+
+
+def check_files(bdir, manifest):
+    """Problems with the domain XML, NVRAM and TPM state files (backups that record their sha256)."""
+    problems = []
+    for name, expected in sorted((manifest.get("files_sha256") or {}).items()):
+        path = os.path.join(bdir, os.path.basename(name))
+        if not os.path.exists(path):
+            problems.append("%s is missing" % path)
+        elif sha256_file(path) != expected:
+            problems.append("%s: sha256 %s, the manifest says %s" % (path, sha256_file(path), expected))
     return problems
 
 

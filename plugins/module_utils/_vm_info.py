@@ -8,6 +8,7 @@ from __future__ import annotations
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import image_chain
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._tpm import describe as describe_tpm
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
 
 ARGUMENT_SPEC = dict(
@@ -59,6 +60,7 @@ def describe_vm(virsh, name, agent_timeout=5, include_xml=False):
         "agent": agent,
         "hypervisor": domain.hypervisor_type,
         "nvram": domain.nvram,
+        "tpm": describe_tpm(domain.root, domain.uuid),
         "disks": disks,
         "unsupported_disks": [d["target"] for d in disks if not d["supported"]],
         "metadata": domain.all_metadata(),

@@ -97,6 +97,16 @@ options:
         error, whatever this option says.
     type: bool
     default: false
+  tpm_state:
+    description:
+      - The state files of the domain's emulated TPM (swtpm), as backed up - file name to
+        base64 content (see M(vmbackup.libvirt.vm_info)'s RV(vmbackup.libvirt.vm_info#module:vms[].tpm)).
+      - They are written, 0600, into libvirt's state directory for the defined domain's UUID
+        (C(/var/lib/libvirt/swtpm/UUID/tpm2/)), so a renamed restore (new UUID) gets them too;
+        state files there that the backup does not have are removed. Files that are already
+        equal are not rewritten. Refused for a running domain.
+      - The values are secret (what the guest sealed in its TPM) and are never shown.
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -137,6 +147,20 @@ definition_sha256:
   description: The sha256 of the normalized definition, as recorded in the domain's metadata.
   returned: always
   type: str
+tpm_state_dir:
+  description: Where the TPM state files went.
+  returned: when O(tpm_state) is given
+  type: str
+tpm_state_written:
+  description: The TPM state files written (or, in check mode, that would be).
+  returned: when O(tpm_state) is given
+  type: list
+  elements: str
+tpm_state_removed:
+  description: State files removed from the directory because the backup does not have them.
+  returned: when O(tpm_state) is given
+  type: list
+  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -115,6 +115,14 @@ vms:
     nvram:
       description: The NVRAM file of a UEFI guest, or V(null).
       type: str
+    tpm:
+      description:
+        - The domain's emulated TPM (swtpm), or V(null) when it has none (or a passthrough TPM,
+          whose state is in hardware and cannot be backed up).
+        - C(model), C(version), C(state_dir) (libvirt's directory of its state, keyed by the
+          UUID) and C(files) (the state file names there; empty until the TPM has run once).
+          The contents are not returned; the backup role reads them.
+      type: dict
     disks:
       description: Every disk of the domain.
       type: list
