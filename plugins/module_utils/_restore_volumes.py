@@ -34,6 +34,7 @@ import stat
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _rbd as rbdlib
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._files import fsync_dir
 
 RESTORE_TAG = "vmbackup_restored"
 RUN_ID_RE = re.compile(r"^[a-z0-9]{8,32}$")
@@ -208,14 +209,6 @@ class Host:
     def lvm(self, argv, what):
         self.runner.run(argv, what="%s on host %s" % (what, self.name))
         self._lvs = None
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _exists(host, kind, name):
