@@ -10,6 +10,8 @@ TESTBED := tests/testbed
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
 # Select integration tests: make integration TESTS=tests/integration/test_file_backup.py
 TESTS ?= tests/integration
+# SLOW=1 also runs the tests marked slow (minutes each: the node's power loss, a forced LV restore)
+SLOW ?= 0
 
 .PHONY: deps testbed testbed-down sanity lint unit integration test bench demo clean
 
@@ -41,7 +43,7 @@ unit: deps
 integration: deps
 	bash $(TESTBED)/libvirt.sh up
 	bash $(TESTBED)/guest-image.sh build
-	$(PYTEST) -v -p no:cacheprovider -rs --durations=15 $(TESTS)
+	VMBACKUP_SLOW_TESTS=$(SLOW) $(PYTEST) -v -p no:cacheprovider -rs --durations=15 $(TESTS)
 
 # The README's test command: each gate runs even if an earlier one failed; the exit code
 # is non-zero if any failed. The last line is pytest's summary of all tests together.

@@ -143,6 +143,7 @@ def _qemu_io(host, path, writes):
     host.sh("qemu-io -f qcow2 %s %s >/dev/null" % (" ".join("-c 'write -P %s %s %s'" % w for w in writes), path))
 
 
+@pytest.mark.slow
 def test_backups_reported_complete_survive_power_loss_of_the_node(powerloss_host, playbook):
     host = powerloss_host
     # Dirty data stays in the guest's page cache until something flushes it (no periodic

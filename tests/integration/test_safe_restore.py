@@ -369,6 +369,7 @@ def lv_cleanup():
     on_host("for lv in $(lvs --noheadings -o lv_path vg0 | grep h3-lvvm); do lvremove -fy $lv; done", check=False)
 
 
+@pytest.mark.slow
 def test_forced_lv_restore_cut_midway_then_complete(mpb, tmp_path):
     run_testbed("lvmhost.sh", "up", timeout=400)
     key = os.path.join(TB, "ssh", "id_ed25519")
