@@ -124,8 +124,9 @@ def test_four_vms_on_two_hypervisors_limit_two_and_one_failure(vms, playbook, ss
     print(sorted(((s - t0).total_seconds(), (e - t0).total_seconds(), h, v) for s, e, h, v in spans))
     print("4 backups: %.1fs wall, %.1fs summed, at most %d at once" % (wall, total, overall))
     assert wall < total, (wall, total)
-    # Every slot was given back.
-    assert glob.glob(os.path.join(slots, "*")) == []
+    # Every slot was given back (the PATH.guard files of the flock that guards each change of
+    # a lock stay, by design: removing them would let two waiters lock two different files).
+    assert [p for p in glob.glob(os.path.join(slots, "*")) if not p.endswith(".guard")] == []
 
 
 def test_limit_one_backs_up_one_vm_at_a_time_and_prunes_after_each_backup(vms, playbook, sshd, tmp_path):
