@@ -18,6 +18,7 @@ BACKUP = "vmbackup.libvirt.backup"
 RESTORE = "vmbackup.libvirt.restore"
 SWTPM = "/var/lib/libvirt/swtpm"
 VM = "it-tpm1"
+IMAGE_GLOB = "/var/lib/libvirt/images/*"
 TPM_XML = "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>"
 
 pytestmark = pytest.mark.usefixtures("libvirt")
@@ -63,9 +64,11 @@ def tpm_guest():
     domains.virsh("start", VM)
     domains.wait_agent(VM, timeout=300)
     yield VM
+    domains.destroy_guest(VM)  # while it is defined: it removes the files define_guest made
     for name in (VM + "-r", VM):
         remove_vm(name)
-    domains.destroy_guest(VM)
+    for path in glob.glob(os.path.join(os.path.dirname(IMAGE_GLOB), "%s-*" % VM)):
+        os.unlink(path)  # the restores' images and the kept overlays
 
 
 def test_tpm_state_backed_up_and_restored_same_name_and_renamed(tpm_guest, playbook, tmp_path):
