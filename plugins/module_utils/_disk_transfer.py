@@ -9,6 +9,7 @@ import os
 import time
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
 
 ARGUMENT_SPEC = dict(
@@ -37,7 +38,7 @@ def backup(module, runner, hv):
     p = module.params
     dest = p["repo_image"]
     if os.path.exists(dest):
-        return {"changed": False, "file": dest, "sha256": transfer.sha256_file(dest),
+        return {"changed": False, "file": dest, "sha256": _files.sha256_file(dest),
                 "stored_bytes": transfer.stored_bytes(dest), "bytes_sent": 0, "mode": p["mode"],
                 "msg": "already transferred"}
     if module.check_mode:
@@ -57,7 +58,7 @@ def backup(module, runner, hv):
     result.update({
         "changed": True,
         "file": dest,
-        "sha256": transfer.sha256_file(dest),
+        "sha256": _files.sha256_file(dest),
         "stored_bytes": transfer.stored_bytes(dest),
         "duration": duration,
     })
@@ -77,7 +78,7 @@ def restore(module, runner, hv):
     target = p["image"]
     transfer.refuse_insecure_restore(hv, target)
     for item in p["verify"]:
-        actual = transfer.sha256_file(item["path"])
+        actual = _files.sha256_file(item["path"])
         if actual != item["sha256"]:
             raise VmbackupError(
                 "backup image %s is damaged: its sha256 is %s, the manifest says %s. Nothing was "

@@ -199,7 +199,7 @@ def verify_chain(chain):
         if not os.path.isfile(path):
             raise VmbackupError("backup file %s of the chain is missing on the backup node; nothing was written"
                                 % path)
-        actual = transfer.sha256_file(path)
+        actual = _files.sha256_file(path)
         if actual != expected:
             raise VmbackupError(
                 "backup file %s is damaged: its sha256 is %s, the manifest says %s. Nothing was written to "

@@ -71,10 +71,6 @@ PSK_USER = "vmbackup"
 OUTPUT_CACHE = "writeback"
 
 
-def sha256_file(path):
-    return _files.sha256_file(path)
-
-
 def stored_bytes(path):
     """Bytes the file really occupies (sparse files count only their data)."""
     return os.stat(path).st_blocks * 512

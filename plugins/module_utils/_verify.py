@@ -80,8 +80,10 @@ def check_files(bdir, manifest):
         path = os.path.join(bdir, os.path.basename(name))
         if not os.path.exists(path):
             problems.append("%s is missing" % path)
-        elif sha256_file(path) != expected:
-            problems.append("%s: sha256 %s, the manifest says %s" % (path, sha256_file(path), expected))
+            continue
+        actual = sha256_file(path)
+        if actual != expected:
+            problems.append("%s: sha256 %s, the manifest says %s" % (path, actual, expected))
     return problems
 
 
