@@ -10,12 +10,15 @@ short_description: Gather the results of a parallel backup run
 version_added: 0.2.0
 description:
   - The backup playbook's last play collects each per-VM host's result (C(_backup_results),
-    set by the backup role). A host that stopped before it recorded one (an unreachable
-    hypervisor, a failure outside the role's rescue) counts as a failed backup, so the run's
-    result names every VM that was not backed up.
-  - Requested VMs that no hypervisor has (O(missing)) count as failed backups too, under
-    hypervisor C(none), with a message naming the hypervisors that were searched.
-positional: hostvars, missing, searched
+    set by the backup role, or by the backup playbook when a step outside the role's own rescue
+    failed). A host that stopped before it recorded one (an unreachable hypervisor) counts as a
+    failed backup, so the run's result names every VM that was not backed up.
+  - Requested VMs (O(requested)) that no searched hypervisor has count as failed backups too, under
+    hypervisor C(none). The message says "not found on any hypervisor" only when every hypervisor
+    of the run (O(hypervisors)) was searched; otherwise it names the hypervisors that could not be
+    searched (O(unsearched), from P(vmbackup.libvirt.backup_hypervisor_errors#filter)) as where
+    the VM may be.
+positional: hostvars, requested, hypervisors, unsearched
 options:
   _input:
     description: The per-VM hosts (C(groups._vmbackup_jobs)).
@@ -23,25 +26,31 @@ options:
     elements: str
     required: true
   hostvars:
-    description: C(hostvars).
+    description: C(hostvars). A searched hypervisor's C(_vmbackup_here) lists the requested VMs it has.
     type: raw
     required: true
-  missing:
-    description: Requested VM names that no hypervisor has.
+  requested:
+    description: The VM names the run was asked for; empty for all VMs.
     type: list
     elements: str
     default: []
-  searched:
-    description: The hypervisors that were searched for them.
+  hypervisors:
+    description: Every hypervisor of the run, searched or not.
     type: list
     elements: str
     default: []
+  unsearched:
+    description: The hypervisors that could not be searched, each with its message.
+    type: dict
+    default: {}
 """
 
 EXAMPLES = r"""
 - name: Collect the results of every VM
   ansible.builtin.set_fact:
-    results: "{{ groups._vmbackup_jobs | default([]) | vmbackup.libvirt.backup_run_results(hostvars) }}"
+    results: >-
+      {{ groups._vmbackup_jobs | default([]) | vmbackup.libvirt.backup_run_results(hostvars, ['web1'],
+         ['hv1', 'hv2'], ['hv1', 'hv2'] | vmbackup.libvirt.backup_hypervisor_errors(hostvars)) }}
 """
 
 RETURN = r"""
@@ -52,7 +61,26 @@ _value:
 """
 
 
-def backup_run_results(jobs, hostvars, missing=None, searched=None):
+def _missing(requested, hostvars, hypervisors, unsearched):
+    searched = [hv for hv in hypervisors if hv not in unsearched]
+    found = set()
+    for hv in searched:
+        found.update(hostvars[hv]["_vmbackup_here"] if "_vmbackup_here" in hostvars[hv] else [])
+    for vm in requested:
+        if vm in found:
+            continue
+        if unsearched:
+            error = ("VM %s was not found on the hypervisors that were searched (%s); it may be on %s, which could not "
+                     "be searched; nothing was backed up for it. Make %s answer (see its error) and run the backup again."
+                     % (vm, ", ".join(searched) or "none", ", ".join(unsearched), ", ".join(unsearched)))
+        else:
+            error = ("VM %s was not found on any hypervisor (searched: %s); nothing was backed up for it. "
+                     "Check the name with 'virsh list --all', and that its hypervisor is in the inventory."
+                     % (vm, ", ".join(searched) or "none"))
+        yield {"vm": vm, "hypervisor": "none", "result": "failed", "error": error}
+
+
+def backup_run_results(jobs, hostvars, requested=None, hypervisors=None, unsearched=None):
     results = []
     for host in jobs:
         found = hostvars[host]
@@ -64,11 +92,7 @@ def backup_run_results(jobs, hostvars, missing=None, searched=None):
         results.append({"vm": job["vm"], "hypervisor": job["hypervisor"], "result": "failed",
                         "error": "the backup of VM %s on %s stopped before it recorded a result; see the task that "
                                  "failed for host %s above" % (job["vm"], job["hypervisor"], host)})
-    for vm in missing or []:
-        results.append({"vm": vm, "hypervisor": "none", "result": "failed",
-                        "error": "VM %s was not found on any hypervisor (searched: %s); nothing was backed up for it. "
-                                 "Check the name with 'virsh list --all', and that its hypervisor is in the inventory "
-                                 "and answered." % (vm, ", ".join(searched or []) or "none")})
+    results.extend(_missing(requested or [], hostvars, hypervisors or [], unsearched or {}))
     return results
 
 

@@ -263,3 +263,94 @@ def test_restore_test_sandbox_without_unrestored_disks(rtvm, pb, tmp_path):
     assert domains.virsh("dumpxml", "--inactive", RTVM).stdout == live_xml
     assert not domains.domain_exists(RT_PREFIX + RTVM)
     assert glob.glob(os.path.join(IMAGES, RT_PREFIX + RTVM + "*")) == []
+
+
+# A hypervisor nobody answers for: nothing listens on port 1, so SSH is refused at once.
+DOWN = "hv-down ansible_host=127.0.0.1 ansible_port=1 ansible_user=root"
+ELSEWHERE = "h2-elsewhere"  # a requested VM that the reachable hypervisor does not have
+
+
+def _assert_down_reported(res, repo, unsearched="hv-down"):
+    """The run fails at its end, after its summary; hv-down's report and set_stats carry its error."""
+    assert res.rc == 2, res.output[-6000:]
+    assert "PLAY [Report the run]" in res.output
+    assert "Hypervisors not searched: hypervisor hv-down (127.0.0.1 port 1) could not be reached: " in res.output
+    assert "CUSTOM STATS" in res.output and "vmbackup_hypervisor_errors" in res.output, res.output[-3000:]
+    report = _json(os.path.join(repo, "report-hv-down-latest.json"))
+    assert report["hypervisor"] == "hv-down" and report["results"] == []
+    assert "could not be reached" in report["error"] and "Connection refused" in report["error"], report
+    # The requested VM that no searched hypervisor has may be on hv-down: not "not found on any".
+    missing = _json(os.path.join(repo, "report-none-latest.json"))["results"]
+    assert [(m["vm"], m["result"]) for m in missing] == [(ELSEWHERE, "failed")]
+    assert "it may be on %s, which could not be searched" % unsearched in missing[0]["error"], missing
+    assert "not found on any hypervisor" not in res.output, res.output[-6000:]
+    assert "NO MORE HOSTS LEFT" not in res.output
+
+
+def test_every_hypervisor_unreachable_or_failing(pb, tmp_path):
+    """Every hypervisor of play 1 lost (one unreachable, one whose libvirt does not answer): the
+    run still reaches its summary and report, and each report says why."""
+    repo = str(tmp_path / "repo")
+    inv = pb.inventory("""
+    [hypervisors]
+    %s
+    hv-nolibvirt ansible_connection=local vmbackup_libvirt_uri='qemu:///system?socket=/nonexistent/h2.sock'
+    """ % DOWN)
+    res = pb.run(BACKUP, inv, {"vmbackup_vms": ELSEWHERE, "vmbackup_repository": repo,
+                               "vmbackup_report_fallback_dir": pb.fallback}, expect_rc=2)
+    assert "0 of 1 VMs backed up" in res.output, res.output[-6000:]
+    _assert_down_reported(res, repo, unsearched="hv-down, hv-nolibvirt")
+    nolibvirt = _json(os.path.join(repo, "report-hv-nolibvirt-latest.json"))
+    assert nolibvirt["results"] == [] and "/nonexistent/h2.sock" in nolibvirt["error"], nolibvirt
+    assert "the VMs of hypervisor hv-nolibvirt could not be listed at qemu:///system?socket=/nonexistent/h2.sock: " in nolibvirt["error"]
+
+
+def test_one_of_two_hypervisors_unreachable(vm, pb, tmp_path):
+    """The reachable hypervisor's VM is backed up; the other is reported, and so is what may be on it."""
+    repo = str(tmp_path / "repo")
+    inv = pb.inventory(local_inventory().replace("[hypervisors]\n", "[hypervisors]\n    %s\n" % DOWN))
+    res = pb.run(BACKUP, inv, {"vmbackup_vms": "%s,%s" % (VM, ELSEWHERE), "vmbackup_repository": repo,
+                               "vmbackup_report_fallback_dir": pb.fallback}, expect_rc=2)
+    assert "1 of 2 VMs backed up" in res.output, res.output[-6000:]
+    ours = _json(os.path.join(repo, "report-hv-local-latest.json"))["results"]
+    assert [(r["vm"], r["result"]) for r in ours] == [(VM, "ok")]
+    assert len([d for d in glob.glob(os.path.join(repo, VM, "2*")) if os.path.isdir(d)]) == 1
+    _assert_down_reported(res, repo)
+
+
+def test_role_argument_error_is_the_vms_result(vm, pb, tmp_path):
+    """A setting the backup role refuses (its argument spec, before any change) is the VM's error
+    in the summary and the report, not "stopped before it recorded a result"."""
+    repo = str(tmp_path / "repo")
+    res = _backup(pb, repo, vmbackup_quiesce="sometimes")
+    assert "stopped before it recorded a result" not in res.output, res.output[-6000:]
+    _assert_summary_and_stats(res, 0, 1)
+    report = _json(os.path.join(repo, "report-hv-local-latest.json"))
+    (result,) = report["results"]
+    assert result["vm"] == VM and result["result"] == "failed"
+    assert "backup_quiesce" in result["error"] and "sometimes" in result["error"], result
+
+
+def test_restore_test_target_unreachable(vm, pb, tmp_path):
+    """The restore test's hypervisor is unreachable: the JUnit and JSON reports it promises are
+    still written, with the failure and its message, and the run fails."""
+    repo = str(tmp_path / "repo")
+    pb.run(BACKUP, pb.inventory(local_inventory()), {"vmbackup_vms": VM, "vmbackup_repository": repo})
+    report, junit = str(tmp_path / "rt.json"), str(tmp_path / "rt.xml")
+    inv = pb.inventory("""
+    [hypervisors]
+    %s
+    """ % DOWN)
+    res = pb.run(RESTORE_TEST, inv, {"vmbackup_vms": VM, "vmbackup_repository": repo, "vmbackup_restore_test_prefix": RT_PREFIX,
+                                     "vmbackup_restore_test_junit": junit, "vmbackup_restore_test_report": report},
+                 expect_rc=2)
+    assert res.rc == 2, res.output[-6000:]
+    data = _json(report)
+    assert (data["tests"], data["failed"]) == (1, 1), data
+    (result,) = data["results"]
+    assert result["vm"] == VM and result["hypervisor"] == "hv-down" and result["result"] == "failed"
+    assert "hypervisor hv-down (127.0.0.1 port 1) could not be reached" in result["reason"], result
+    assert "Connection refused" in result["reason"], result
+    root = ET.parse(junit).getroot()
+    assert root.get("failures") == "1" and "could not be reached" in root.find(".//failure").get("message")
+    assert "Restore test failed for %s" % VM in res.output

@@ -164,10 +164,76 @@ def test_run_results_count_missing_vms_as_failed():
     from ansible_collections.vmbackup.libvirt.plugins.filter.backup_run_results import backup_run_results
     hostvars = {"a@hv1": {"_backup_results": [{"vm": "a", "hypervisor": "hv1", "result": "ok"}],
                           "_vmbackup_job": {"vm": "a", "hypervisor": "hv1"}},
-                "b@hv1": {"_vmbackup_job": {"vm": "b", "hypervisor": "hv1"}}}
-    got = backup_run_results(["a@hv1", "b@hv1"], hostvars, ["nosuchvm"], ["hv1", "hv2"])
+                "b@hv1": {"_vmbackup_job": {"vm": "b", "hypervisor": "hv1"}},
+                "hv1": {"_vmbackup_here": ["a", "b"]}, "hv2": {"_vmbackup_here": []}}
+    got = backup_run_results(["a@hv1", "b@hv1"], hostvars, ["a", "b", "nosuchvm"], ["hv1", "hv2"])
     assert [(r["vm"], r["hypervisor"], r["result"]) for r in got] == [
         ("a", "hv1", "ok"), ("b", "hv1", "failed"), ("nosuchvm", "none", "failed")]
     assert "VM nosuchvm was not found on any hypervisor (searched: hv1, hv2)" in got[2]["error"]
     assert "virsh list --all" in got[2]["error"]
     assert backup_run_results([], {}) == []
+
+
+DOWN = "hypervisor hv2 could not be reached (10.0.0.2): Connection refused"
+
+
+@pytest.mark.parametrize("hypervisors, hostvars, errors", [
+    (["hv1", "hv2"], {"hv1": {"_vmbackup_here": []}, "hv2": {"_vmbackup_here": ["x"]}}, {}),
+    (["hv1", "hv2"], {"hv1": {"_vmbackup_here": []}, "hv2": {"_vmbackup_search_error": DOWN}}, {"hv2": DOWN}),
+    # A hypervisor that stopped in play 1 without a record of its own still counts, with a pointer.
+    (["hv1"], {"hv1": {}},
+     {"hv1": "hypervisor hv1 stopped before its VMs were listed; no VM on it was backed up. "
+             "See the task that failed for hv1 above."}),
+    ([], {}, {}),
+])
+def test_hypervisor_errors(hypervisors, hostvars, errors):
+    from ansible_collections.vmbackup.libvirt.plugins.filter.backup_hypervisor_errors import backup_hypervisor_errors
+    assert backup_hypervisor_errors(hypervisors, hostvars) == errors
+
+
+@pytest.mark.parametrize("requested, hostvars, unsearched, missing, says", [
+    # Every hypervisor searched: a VM none has is "not found on any hypervisor".
+    (["a", "z"], {"hv1": {"_vmbackup_here": ["a"]}, "hv2": {"_vmbackup_here": []}}, {}, ["z"],
+     "VM z was not found on any hypervisor (searched: hv1, hv2)"),
+    # hv2 could not be searched: z may be there, and the message says so.
+    (["a", "z"], {"hv1": {"_vmbackup_here": ["a"]}, "hv2": {"_vmbackup_search_error": DOWN}}, {"hv2": DOWN}, ["z"],
+     "VM z was not found on the hypervisors that were searched (hv1); it may be on hv2, which could not be searched"),
+    # No hypervisor searched at all.
+    (["z"], {"hv1": {"_vmbackup_search_error": "e1"}, "hv2": {"_vmbackup_search_error": "e2"}},
+     {"hv1": "e1", "hv2": "e2"}, ["z"], "searched (none); it may be on hv1, hv2, which could not be searched"),
+    # A VM found on a searched hypervisor is never missing; all VMs requested (empty): none missing.
+    (["a"], {"hv1": {"_vmbackup_here": ["a"]}, "hv2": {"_vmbackup_search_error": DOWN}}, {"hv2": DOWN}, [], None),
+    ([], {"hv1": {"_vmbackup_search_error": DOWN}, "hv2": {"_vmbackup_search_error": DOWN}},
+     {"hv1": DOWN, "hv2": DOWN}, [], None),
+])
+def test_run_results_missing_vms_and_unsearched_hypervisors(requested, hostvars, unsearched, missing, says):
+    from ansible_collections.vmbackup.libvirt.plugins.filter.backup_run_results import backup_run_results
+    got = backup_run_results([], hostvars, requested, ["hv1", "hv2"], unsearched)
+    assert [(r["vm"], r["hypervisor"], r["result"]) for r in got] == [(vm, "none", "failed") for vm in missing]
+    if says:
+        assert says in got[0]["error"], got[0]["error"]
+        assert ("not found on any hypervisor" in got[0]["error"]) == (not unsearched)
+
+
+@pytest.mark.parametrize("result, host, port, says, hint", [
+    # Unreachable: the SSH error, where it was tried, what to check; ansible-core's prefix dropped.
+    ({"unreachable": True, "msg": "Task failed: Failed to connect to the host via ssh: ssh: connect to host "
+                                  "10.0.0.2 port 1: Connection refused"}, "10.0.0.2", 1,
+     "hypervisor hv2 (10.0.0.2 port 1) could not be reached: Failed to connect to the host via ssh: ssh: connect to "
+     "host 10.0.0.2 port 1: Connection refused. Check its ansible_host", None),
+    # vm_info failed and said what to do: its message, no second hint.
+    ({"failed": True, "msg": "libvirt at URI qemu:///system does not answer. Check that libvirtd runs there."}, "", "",
+     "the VMs of hypervisor hv2 could not be listed at qemu:///system: libvirt at URI qemu:///system does not answer. "
+     "Check that libvirtd runs there.", False),
+    # The module did not start (no Python there): its stderr, and the hint.
+    ({"failed": True, "msg": "MODULE FAILURE: No start of json char found\nSee stdout/stderr for the exact error",
+      "module_stderr": "/bin/sh: 1: /usr/bin/python3: not found\n", "rc": 127}, "hv2", "",
+     "(stderr: /bin/sh: 1: /usr/bin/python3: not found)", True),
+    ({"failed": True}, "", "", "could not be listed at qemu:///system: failed.", True),
+])
+def test_hypervisor_error(result, host, port, says, hint):
+    from ansible_collections.vmbackup.libvirt.plugins.filter.hypervisor_error import hypervisor_error
+    got = hypervisor_error(result, "hv2", host, port)
+    assert says in got, got
+    if hint is not None:
+        assert ("ansible_python_interpreter is a Python with the libvirt bindings" in got) == hint, got
