@@ -17,11 +17,11 @@ description:
     M(vmbackup.libvirt.backup_prune) task waits for another run's lock, prints who holds it and
     how long the task will still wait.
   - Reads the progress files in O(directory), which is where the backup and restore roles
-    have the transfers write them. This works when the backup node is the controller (the
-    default), or when the node's progress directory is visible on the controller at
-    O(directory) (a shared or sshfs-mounted directory). With another backup node and no such
-    directory, the callback says once that it sees no progress, and only the results at the
-    end are shown.
+    have the transfers write them when the backup node is the controller (the default).
+  - When these modules run on another host (a backup node that is not the controller), this
+    callback is not needed; their action plugins run them as async jobs and show the same lines,
+    read over the host's own connection, every C(vmbackup_progress_interval) seconds (default
+    5, V(0) turns it off).
 requirements:
   - Enable it, for example with C(ANSIBLE_CALLBACKS_ENABLED=vmbackup.libvirt.progress).
 options:
@@ -52,31 +52,11 @@ import threading
 
 from ansible.plugins.callback import CallbackBase
 
+from ansible_collections.vmbackup.libvirt.plugins.plugin_utils._progress import describe
+
 TRANSFER_ACTIONS = ("disk_transfer", "rbd_transfer")
 # Tasks that may wait for another run's lock: their modules write who holds it while they wait.
 LOCK_ACTIONS = ("backup_lock", "backup_repo", "backup_prune")
-
-
-def human(n):
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return "%.1f %s" % (n, unit)
-        n /= 1024
-    return "%.1f TiB" % n  # pragma: no cover
-
-
-def describe(state):
-    if state.get("message"):
-        return state["message"]
-    parts = ["%s done" % human(state.get("done"))]
-    if state.get("percent") is not None:
-        parts.append("%.0f%%" % state["percent"])
-    if state.get("rate"):
-        parts.append("%s/s" % human(state["rate"]))
-    if state.get("eta") is not None:
-        parts.append("about %ds left" % state["eta"])
-    return "%s: %s" % (state.get("label", "?"), ", ".join(parts))
 
 
 class CallbackModule(CallbackBase):
@@ -106,9 +86,8 @@ class CallbackModule(CallbackBase):
             if not seen and rounds == 3:
                 # Never silent: the transfers write their progress on the backup node.
                 self._display.display(
-                    "  [progress] no progress in %s after %ds: if the backup node is another host than this "
-                    "controller, its transfers write their progress there, and this run shows only their "
-                    "results at the end (or make that directory visible here, see the callback's docs)"
+                    "  [progress] no progress in %s after %ds: a task that runs on another host than this "
+                    "controller shows its own progress lines (vmbackup_progress_interval), unless it is set to 0"
                     % (directory, int(rounds * interval)))
 
     def _halt(self):
