@@ -242,6 +242,10 @@ class Host:
                 if src["type"] == "rbd" or src["path"].startswith("/"):
                     keys.extend(self.names(src, {})["keys"])
         pools = virsh.pool_paths(targets.POOL_TYPES)
+        if pools is None:
+            self.module.warn("libvirt at %s on host %s lists no storage pools; new files that only the backup's "
+                             "manifest names may go into %s and restore_allowed_dirs only"
+                             % (uri, self.name, ", ".join(targets.DEFAULT_ALLOWED_DIRS)))
         return {"vm": vm, "defined": defined, "keys": keys, "dirs": targets.allowed_dirs(pools, user_dirs)}
 
     def lvm(self, argv, what):

@@ -81,9 +81,12 @@ class Virsh:
         return [line.strip() for line in out.splitlines() if line.strip()]
 
     def pool_paths(self, types):
-        """Target paths of the storage pools of these types (dir, fs, netfs), active or not."""
-        _rc, out, _err = self.run(["pool-list", "--all", "--name", "--type", ",".join(types)],
-                                  what="listing the storage pools")
+        """Target paths of the storage pools of these types (dir, fs, netfs), active or not; None
+        when this libvirt has no storage driver (pool-list fails, say the Xen or a minimal build)."""
+        rc, out, _err = self.run(["pool-list", "--all", "--name", "--type", ",".join(types)],
+                                 what="listing the storage pools", check_rc=False)
+        if rc != 0:
+            return None
         paths = []
         for name in [line.strip() for line in out.splitlines() if line.strip()]:
             xml = self.run(["pool-dumpxml", name], what="reading storage pool %s" % name)[1]
