@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._restore_volumes import lv_of_path
 
@@ -18,6 +19,9 @@ description:
     the chain's top image in the repository, and the files to verify (path and sha256) first.
   - A disk not in the mapping goes where it came from when the name is unchanged, and beside
     it (or into O(directory)) as C(NAME-TARGET.FORMAT) under a new name.
+  - Each entry says where its path comes from, C(origin) - V(user) (a O(disk_map) path, or
+    O(directory)) or V(repository) (the backup's manifest). M(vmbackup.libvirt.restore_volumes)
+    writes a V(repository) target only when the target hypervisor vouches for it.
 positional: chain, name, disk_map, directory
 options:
   _input:
@@ -49,12 +53,14 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: One entry per disk - target, type, path, format, size, image, backend, verify.
+  description: One entry per disk - target, type, path, origin, format, size, image, backend, verify.
   type: list
   elements: dict
 """
 
 EXTENSIONS = {"qcow2": "qcow2", "raw": "raw"}
+# A disk's target name goes into file and LV names: a device name (vda, sdb, hdc, xvda), nothing more.
+TARGET_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
 
 def _disk_chain(chain, target):
@@ -75,22 +81,29 @@ def restore_plan(backup, chain, name, disk_map=None, directory=""):
     plan = []
     for disk in backup["disks"]:
         target = disk["target"]
+        if not TARGET_RE.match(str(target)):
+            raise ValueError("disk target %r in the manifest of backup %s is not a device name (vda, sdb, ...); "
+                             "the backup cannot be restored as it is" % (target, backup.get("backup_id")))
         backend = disk.get("backend", "file")
         spec = dict(disk_map.get(target) or {})
         kind = spec.get("type") or {"rbd": "rbd", "block": "block"}.get(backend, "file")
         fmt = spec.get("format") or ("raw" if kind != "file" else disk.get("format") or "raw")
+        if fmt not in EXTENSIONS:
+            raise ValueError("disk %s: format %r is not supported (qcow2 and raw are)" % (target, fmt))
         if backend != "rbd" and kind == "rbd":
             raise ValueError("disk %s: restoring a %s disk into an RBD image is not supported; map it to a "
                              "file or a block device" % (target, backend))
         path = spec.get("path") or spec.get("name")
+        # The user named it (the map, or the directory for files), or the manifest did.
+        origin = "user" if path or (kind == "file" and directory) else "repository"
         if not path:
             source = disk.get("source") or ""
             if kind == "file" and backend != "file":
                 folder = directory or "/var/lib/libvirt/images"
-                path = os.path.join(folder, "%s-%s.%s" % (name, target, EXTENSIONS.get(fmt, fmt)))
+                path = os.path.join(folder, "%s-%s.%s" % (name, target, EXTENSIONS[fmt]))
             elif kind == "file" and (renamed or directory):
                 folder = directory or os.path.dirname(source) or "/var/lib/libvirt/images"
-                path = os.path.join(folder, "%s-%s.%s" % (name, target, EXTENSIONS.get(fmt, fmt)))
+                path = os.path.join(folder, "%s-%s.%s" % (name, target, EXTENSIONS[fmt]))
             elif kind == "rbd" and renamed:
                 path = "%s/%s-%s" % (source.rsplit("/", 1)[0], name, target)
             elif kind == "block" and backend == "block" and renamed:
@@ -108,6 +121,7 @@ def restore_plan(backup, chain, name, disk_map=None, directory=""):
             "target": target,
             "type": kind,
             "path": path,
+            "origin": origin,
             "format": fmt,
             "size": disk.get("virtual_size"),
             "backend": backend,

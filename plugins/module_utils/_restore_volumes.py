@@ -3,7 +3,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Restores that cannot destroy: where each disk is written, and the swap (runs on the hypervisor).
 
-A restore writes only into volumes it creates in this run:
+A restore writes only where it is trusted to (``_restore_targets``: the user's disk map, or what
+the target hypervisor vouches for, never a path only the repository names), and only into
+volumes it creates in this run:
 - a target that does not exist is created and written in place;
 - an existing target is refused, unless ``force``: then the restore writes into a NEW volume
   beside it (``staged``) and, once every new volume is complete and verified, swaps it in:
@@ -34,7 +36,10 @@ import stat
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _rbd as rbdlib
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _restore_targets as targets
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._files import fsync_dir
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
 
 RESTORE_TAG = "vmbackup_restored"
 RUN_ID_RE = re.compile(r"^[a-z0-9]{8,32}$")
@@ -49,7 +54,8 @@ ARGUMENT_SPEC = dict(
     content=dict(type="str", no_log=True),
     owner=dict(type="str"),
     group=dict(type="str"),
-    **rbdlib.CEPH_ARGSPEC
+    allowed_dirs=dict(type="list", elements="path", default=[]),
+    **dict(URI_ARGSPEC, **rbdlib.CEPH_ARGSPEC)
 )
 
 
@@ -205,6 +211,42 @@ class Host:
                 return {"exists": True, "kind": "device"}
             return {"exists": True, "kind": "file"}
         return {"exists": False, "kind": None}
+
+    def names(self, entry, found):
+        """The names a target (or a VM's disk source) is known by, and its resolved path."""
+        path, kind = entry["path"], entry.get("type", "file")
+        if kind == "rbd":
+            return {"keys": ["rbd:" + path], "real": path}
+        real = os.path.realpath(path)
+        keys = [path, real]
+        ref = (found.get("vg"), found.get("lv")) if found.get("kind") == "lv" else lv_of_path(path)
+        if ref is None and kind == "block":
+            row = self.find_lv(path)
+            ref = (row["vg_name"], row["lv_name"]) if row else None
+        if ref:
+            keys.append("lv:%s/%s" % ref)
+        return {"keys": keys, "real": real}
+
+    def vouched(self, vm, uri, user_dirs):
+        """What this hypervisor vouches for: the disk sources and NVRAM of VM ``vm`` defined here
+        now (libvirt's definition, not the repository's), and the allowed directories."""
+        virsh = Virsh(self.runner, uri)
+        keys, defined = [], bool(vm) and virsh.exists(vm)
+        if defined:
+            domain = Domain(virsh.dumpxml(vm, inactive=True), what="VM %s on host %s" % (vm, self.name))
+            sources = [({"type": "rbd" if d.protocol == "rbd" else ("block" if d.type == "block" else "file"),
+                         "path": d.source}) for d in domain.disks if d.source and d.type in ("file", "block", "network")]
+            if domain.nvram:
+                sources.append({"type": "file", "path": domain.nvram})
+            for src in sources:
+                if src["type"] == "rbd" or src["path"].startswith("/"):
+                    keys.extend(self.names(src, {})["keys"])
+        pools = virsh.pool_paths(targets.POOL_TYPES)
+        if pools is None:
+            self.module.warn("libvirt at %s on host %s lists no storage pools; new files that only the backup's "
+                             "manifest names may go into %s and restore_allowed_dirs only"
+                             % (uri, self.name, ", ".join(targets.DEFAULT_ALLOWED_DIRS)))
+        return {"vm": vm, "defined": defined, "keys": keys, "dirs": targets.allowed_dirs(pools, user_dirs)}
 
     def lvm(self, argv, what):
         self.runner.run(argv, what="%s on host %s" % (what, self.name))
@@ -408,14 +450,24 @@ def run(module):
     host = Host(module)
     disks = p["disks"]
     if p["action"] == "prepare":
-        planned, refused = [], []
+        planned, refused, confined, vouched = [], [], [], None
         for entry in disks:
+            found = host.inspect(entry)
+            if entry.get("origin") != "user":  # named by the repository: the hypervisor must vouch for it
+                vouched = vouched or host.vouched(p["vm"], p["uri"], p["allowed_dirs"])
+                why = targets.refusal(entry, dict(found, **host.names(entry, found)), vouched)
+                if why:
+                    confined.append("disk %s: target %s, from the backup's manifest: %s"
+                                    % (entry["target"], entry["path"], why))
+                    continue
             try:
-                planned.append(decide(entry, host.inspect(entry), p["force"], p["run_id"]))
+                planned.append(decide(entry, found, p["force"], p["run_id"]))
             except VmbackupError as exc:
                 if "refused" not in exc.details:
                     raise
                 refused.append(exc.msg)
+        if confined:
+            raise VmbackupError(targets.refusal_message(p["vm"], host.name, confined + refused), refused=confined)
         if refused:
             raise VmbackupError(
                 "restore of VM %s on host %s refused: %s; nothing was written. Choose other targets "

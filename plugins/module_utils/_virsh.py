@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from xml.etree import ElementTree
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
     CommandError,
@@ -78,6 +79,25 @@ class Virsh:
     def list_names(self):
         _rc, out, _err = self.run(["list", "--all", "--name"], what="listing domains")
         return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def pool_paths(self, types):
+        """Target paths of the storage pools of these types (dir, fs, netfs), active or not; None
+        when this libvirt has no storage driver (pool-list fails, say the Xen or a minimal build)."""
+        rc, out, _err = self.run(["pool-list", "--all", "--name", "--type", ",".join(types)],
+                                 what="listing the storage pools", check_rc=False)
+        if rc != 0:
+            return None
+        paths = []
+        for name in [line.strip() for line in out.splitlines() if line.strip()]:
+            xml = self.run(["pool-dumpxml", name], what="reading storage pool %s" % name)[1]
+            try:  # libvirt's own output, not the repository's
+                path = ElementTree.fromstring(xml).findtext("target/path")
+            except ElementTree.ParseError as exc:
+                raise VmbackupError("the XML of storage pool %s on host %s does not parse: %s"
+                                    % (name, self.runner.host, exc))
+            if path:
+                paths.append(path.strip())
+        return paths
 
     def dumpxml(self, name, inactive=False, security_info=False):
         args = ["dumpxml", name]

@@ -17,6 +17,12 @@ description:
     in place. An existing target is refused (all of them are listed, nothing is changed) unless
     O(force=true); then the data goes into a new volume beside it, C(PATH.vmbackup-restore-RUN),
     LV C(NAME-vmbr-RUN8) in the same VG, or RBD image C(IMAGE.vmbackup-restore-RUN).
+  - A target only the backup's manifest names (entry C(origin) other than V(user), see
+    P(vmbackup.libvirt.restore_plan#filter)) is written only when this hypervisor vouches for it - a
+    disk source or the NVRAM of the VM O(vm) defined here now (read from libvirt at O(uri)), or a new
+    file inside an allowed directory (the dir, fs and netfs storage pools, C(/var/lib/libvirt/images),
+    C(/var/lib/libvirt/qemu/nvram), O(allowed_dirs)); a new LV or RBD image is created. Any other such
+    target is refused, also with O(force), before anything is written.
   - A block device that is not an LV has no "beside". It is refused, and with O(force=true)
     written in place (with a warning), the one case where a failed restore leaves a damaged target.
   - O(action=swap), once every new volume is complete and verified, renames each old volume
@@ -54,7 +60,8 @@ options:
   disks:
     description:
       - For O(action=prepare), the entries of the restore plan (C(target), C(type) V(file),
-        V(block) or V(rbd), C(path), C(size)); for the other actions, the entries it returned.
+        V(block) or V(rbd), C(path), C(size), C(origin) V(user) when the user named the path);
+        for the other actions, the entries it returned.
     type: list
     elements: dict
     default: []
@@ -67,9 +74,21 @@ options:
     type: str
     required: true
   vm:
-    description: The restored VM's name, for messages.
+    description:
+      - The restored VM's name. For O(action=prepare), the disks of the VM of this name defined on the
+        hypervisor are trusted targets.
     type: str
     default: ""
+  uri:
+    description: libvirt URI on the hypervisor, for O(action=prepare).
+    type: str
+    default: qemu:///system
+  allowed_dirs:
+    description:
+      - For O(action=prepare), more directories where a new file that only the manifest names may be created.
+    type: list
+    elements: path
+    default: []
   path:
     description: For O(action=write), the file to create.
     type: path

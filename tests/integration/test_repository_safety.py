@@ -306,3 +306,90 @@ def test_an_unreadable_manifest_marks_one_backup_and_blocks_nothing_else(built):
     res = playbook.run("vmbackup.libvirt.prune", inv, {"vmbackup_repository": repo, "vmbackup_keep_last": 1})
     assert "left alone" in res.output
     assert ids(repo) == [b2, b3]  # b1 pruned (b3 is a full), the damaged b2 left alone
+
+
+# --- restore targets that only the repository names (h1-confine) --------------------------------
+
+CONFINED_VM = "h1-conf1"  # a clone of h5-safe1's backups under a name that is not defined anywhere
+
+
+@pytest.fixture
+def forged(built, request):
+    """A repository copy where CONFINED_VM's manifests say its disk came from a path we choose,
+    and a scratch directory outside every allowed directory (/var/tmp/h1-conf-PID-outside)."""
+    repo = copy_repo(built, "repo-confine-" + request.node.name[5:45])
+    shutil.copytree(os.path.join(repo, VM), os.path.join(repo, CONFINED_VM))
+    outside = "/var/tmp/h1-conf-%d-outside" % os.getpid()
+    shutil.rmtree(outside, ignore_errors=True)
+    os.makedirs(outside)
+    remove_vm(CONFINED_VM)
+
+    def source(path):
+        for backup_id in ids(repo, CONFINED_VM):
+            man_path = os.path.join(repo, CONFINED_VM, backup_id, "manifest.json")
+            with open(man_path) as fh:
+                man = json.load(fh)
+            man["vm"] = CONFINED_VM
+            man["disks"][0]["source"] = path
+            with open(man_path, "w") as fh:
+                json.dump(man, fh)
+
+    try:
+        yield {"repo": repo, "outside": outside, "source": source, "latest": ids(repo, CONFINED_VM)[-1]}
+    finally:
+        remove_vm(CONFINED_VM)
+        shutil.rmtree(outside, ignore_errors=True)
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def restore_confined(built, forged, expect_rc=0, **extra):
+    return built["playbook"].run("vmbackup.libvirt.restore", built["inv"],
+                                 dict({"vmbackup_vm": CONFINED_VM, "vmbackup_repository": forged["repo"]}, **extra),
+                                 expect_rc=expect_rc)
+
+
+def test_a_new_file_only_the_manifest_names_outside_the_allowed_dirs_is_refused(built, forged):
+    evil = os.path.join(forged["outside"], "x.qcow2")
+    forged["source"](evil)
+    res = restore_confined(built, forged, expect_rc=2)
+    out = res.output.replace("\\n", " ")
+    assert "restore of VM %s" % CONFINED_VM in out and "disk vda: target %s, from the backup's manifest" % evil in out, \
+        out[-4000:]
+    assert "outside the allowed directories" in out and "nothing was written" in out
+    assert "vmbackup_restore_disk_map" in out and "vmbackup_restore_allowed_dirs" in out
+    assert os.listdir(forged["outside"]) == []  # nothing created there, not even a staged file
+    assert not domains.domain_exists(CONFINED_VM)
+    # A path that climbs out of an allowed directory is judged where it leads.
+    forged["source"]("/var/lib/libvirt/images/../../../../%s/y.qcow2" % forged["outside"].strip("/"))
+    res = restore_confined(built, forged, expect_rc=2)
+    assert "not a plain absolute path" in res.output, res.output[-4000:]
+    assert os.listdir(forged["outside"]) == []
+    assert not domains.domain_exists(CONFINED_VM)
+
+
+def test_a_forced_restore_over_an_existing_file_that_is_no_disk_of_the_vm_is_refused(built, forged):
+    victim = os.path.join(forged["outside"], "victim.img")
+    data = os.urandom(MiB)
+    with open(victim, "wb") as fh:
+        fh.write(data)
+    forged["source"](victim)
+    res = restore_confined(built, forged, expect_rc=2, vmbackup_restore_force=True)
+    out = res.output.replace("\\n", " ")
+    assert "disk vda: target %s, from the backup's manifest" % victim in out, out[-4000:]
+    assert "not replaced, not even with restore_force" in out and "no VM %s is defined" % CONFINED_VM in out
+    assert content(victim) == data
+    assert os.listdir(forged["outside"]) == ["victim.img"]  # no staged or aside file beside it
+    assert not domains.domain_exists(CONFINED_VM)
+
+
+def test_the_same_target_mapped_or_in_an_allowed_dir_restores(built, forged):
+    evil = os.path.join(forged["outside"], "x.qcow2")
+    forged["source"](evil)
+    want = built["content"][forged["latest"]]
+    mapped = {"vda": {"type": "file", "path": evil, "format": "qcow2"}}
+    for extra in ({"vmbackup_restore_disk_map": mapped}, {"vmbackup_restore_allowed_dirs": [forged["outside"]]}):
+        restore_confined(built, forged, **extra)
+        assert dict(domains.domblklist(CONFINED_VM))["vda"] == evil, extra
+        assert image_sha256(evil, "qcow2") == want, extra
+        remove_vm(CONFINED_VM)
+        assert not os.path.exists(evil)
