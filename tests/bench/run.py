@@ -2,10 +2,11 @@
 invocation on this machine's test bed (issues 3 and 6). Prints ratios against references run in
 the same invocation, and peak memory; writes build/bench/results.json.
 
-    .venv/bin/python tests/bench/run.py [file] [rbd] [lvm] [parallel] [--size-gib 16] [--data-gib 4] [--big]
+    .venv/bin/python tests/bench/run.py [file] [rbd] [lvm] [parallel] [channel] [--size-gib 16] [--data-gib 4] [--big]
 
 Sections (default all): file (issue 3), rbd (issue 6), lvm (tests/bench/bench_lvm.py, if present),
-parallel (issue 8: four VMs on two hypervisors, one at a time and two per hypervisor).
+parallel (issue 8: four VMs on two hypervisors, one at a time and two per hypervisor), channel (issue 13:
+the data channels alone, backup and restore, against local qemu-img convert and ssh -L).
 ansible-playbook runs use ANSIBLE_PIPELINING=1. See tests/bench/README.md.
 """
 
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
 from benchlib import log  # noqa: E402
 
-SECTIONS = ("file", "rbd", "lvm", "parallel")
+SECTIONS = ("file", "rbd", "lvm", "parallel", "channel")
 
 
 def parse(argv):
@@ -36,6 +37,9 @@ def parse(argv):
     ap.add_argument("--rbd", action="store_true", help="run the rbd section")
     ap.add_argument("--lvm", action="store_true", help="run the lvm section (tests/bench/bench_lvm.py)")
     ap.add_argument("--parallel", action="store_true", help="run the parallel section (4 VMs, 2 hypervisors)")
+    ap.add_argument("--channel", action="store_true", help="run the channel section (issue 13: data channels alone)")
+    ap.add_argument("--channel-data-mib", type=int, default=1024, help="data in the channel section's image (default 1024)")
+    ap.add_argument("--channel-rounds", type=int, default=2, help="runs of each channel row (default 2)")
     ap.add_argument("--par-data-mib", type=int, default=512, help="data in each VM of the parallel section (default 512)")
     ap.add_argument("--size-gib", type=int, default=16, help="virtual size of the file disk (default 16)")
     ap.add_argument("--data-gib", type=int, default=4, help="random data in it (default 4)")
@@ -107,6 +111,11 @@ def main(argv=None):
                 res = bench_rbd.run_section(opts, results)
                 reports.append(bench_rbd.report(res))
                 verdicts += [("rbd", *v) for v in bench_rbd.targets(res)]
+            elif section == "channel":
+                import bench_channel
+                res = bench_channel.run_section(opts, results)
+                reports.append(bench_channel.report(res))
+                verdicts += [("channel", *v) for v in bench_channel.targets(res)]
             elif section == "parallel":
                 import bench_parallel
                 res = bench_parallel.run_section(opts, results)
