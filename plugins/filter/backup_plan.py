@@ -29,10 +29,12 @@ options:
     type: dict
     required: true
   backup_type:
-    description: The backup role's C(backup_type).
+    description:
+      - The backup role's C(backup_type). V(auto) and V(incremental) decide alike - a delta where
+        the parent allows it, a full otherwise.
     type: str
-    choices: [full, incremental]
-    default: incremental
+    choices: [auto, full, incremental]
+    default: auto
 """
 
 EXAMPLES = r"""

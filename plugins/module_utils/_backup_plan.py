@@ -28,9 +28,12 @@ BACKENDS = ("file", "block", "rbd")
 LVM_REASON = "LVM volumes are copied whole (no changed-block source for them yet)"
 
 
+BACKUP_TYPES = ("auto", "full", "incremental")  # the role's choices; auto and incremental decide alike
+
+
 def _check_type(backup_type):
-    if backup_type not in ("full", "incremental"):
-        raise ValueError("backup_type must be full or incremental, not %r" % (backup_type,))
+    if backup_type not in BACKUP_TYPES:
+        raise ValueError("backup_type must be one of %s, not %r" % (", ".join(BACKUP_TYPES), backup_type))
 
 
 def _parent_of(begin):
@@ -58,7 +61,7 @@ def full_reason(begin, backup_type):
     return None
 
 
-def plan(vm, begin, backup_type="incremental"):
+def plan(vm, begin, backup_type="auto"):
     """The VM's backup plan, from vm_info's entry, backup_repo action=begin and backup_type."""
     disks = list((vm or {}).get("disks") or [])
     backends = dict((kind, [d for d in disks if d.get("backend") == kind]) for kind in BACKENDS)
