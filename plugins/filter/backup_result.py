@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_plan import result_failed, result_ok
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_plan import repaired, result_cleanup, result_failed, result_ok
 
 DOCUMENTATION = r"""
 name: backup_result
@@ -18,19 +18,25 @@ description:
     C(pruned), C(excluded), C(warnings), C(started), C(finished).
   - For a failed one (O(result=failed)) - C(vm), C(hypervisor), C(result), C(backup_id), C(complete), C(warnings),
     C(error) (the failed task and its message; a loop's failed items' messages) and C(rollback).
+  - For the cleanup playbook (O(result=cleanup)) - C(vm) and C(repaired) (the partial backups removed, then what
+    the repair did).
+  - O(result=repaired) returns the list of what the repair did (C(repair.yml)) - the actions of
+    M(vmbackup.libvirt.kvm_snapshot) O(vmbackup.libvirt.kvm_snapshot#module:state=repaired) and
+    M(vmbackup.libvirt.lvm_snapshot), and the RBD snapshots the loop of M(vmbackup.libvirt.rbd_export) removed.
 positional: result
 options:
   _input:
     description:
       - The run's facts. O(result=ok) - C(vm), C(hypervisor), C(begin), C(commit), C(snapshot), C(repaired),
         C(prune), C(disk_plan). O(result=failed) - C(vm), C(hypervisor), C(backup_id), C(stage), C(disk_plan),
-        C(failed_task), C(failed_result), C(rollback).
+        C(failed_task), C(failed_result), C(rollback). O(result=cleanup) - C(vm), C(clean) (backup_repo
+        action=clean), C(repaired). O(result=repaired) - C(kvm), C(lvm), C(rbd).
     type: dict
     required: true
   result:
     description: Whether the backup completed.
     type: str
-    choices: [ok, failed]
+    choices: [ok, failed, cleanup, repaired]
     default: ok
 """
 
@@ -42,8 +48,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: The VM's record.
-  type: dict
+  description: The VM's record (a list for O(result=repaired)).
+  type: raw
 """
 
 
@@ -52,7 +58,11 @@ def backup_result(run, result="ok"):
         return result_ok(run)
     if result == "failed":
         return result_failed(run)
-    raise ValueError("backup_result: result must be ok or failed, not %r" % (result,))
+    if result == "cleanup":
+        return result_cleanup(run)
+    if result == "repaired":
+        return repaired(**run)
+    raise ValueError("backup_result: result must be ok, failed, cleanup or repaired, not %r" % (result,))
 
 
 class FilterModule:

@@ -15,7 +15,8 @@ step does with the results of the steps before it is decided here:
   parent image of a delta, and ``reason``, why the disk is copied that way.
 - ``extra_files(nvram, tpm)``: the ``files`` of backup_repo action=commit (nvram.fd, tpm-*).
 - ``result_ok`` / ``result_failed`` / ``with_cleanup_warnings``: the VM's record in the run's
-  results (the keys report.yml, the run summary and the JSON/JUnit reports read).
+  results (the keys report.yml, the run summary and the JSON/JUnit reports read);
+  ``repaired`` / ``result_cleanup``: what repair.yml did, and the cleanup playbook's record.
 
 Inputs are the registered results of the modules (vm_info's ``vms[0]``, backup_repo
 action=begin, kvm_snapshot / lvm_snapshot state=present, the loop of rbd_export state=present,
@@ -155,6 +156,24 @@ def disk_modes(manifest):
                 for d in (manifest or {}).get("disks") or [])
 
 
+def _removed_partials(removed):
+    return ["removed partial backup %s" % r for r in removed or []]
+
+
+def repaired(kvm=None, lvm=None, rbd=None):
+    """What repair.yml did: kvm_snapshot state=repaired's and lvm_snapshot's ``actions``, and the
+    RBD snapshots that the loop of rbd_export state=pruned removed."""
+    rbd_removed = [name for r in (rbd or {}).get("results") or [] for name in r.get("removed") or []]
+    return (list((kvm or {}).get("actions") or []) + list((lvm or {}).get("actions") or [])
+            + ["removed RBD snapshot %s" % name for name in rbd_removed])
+
+
+def result_cleanup(run):
+    """The cleanup playbook's record of a VM. ``run``: vm, clean (backup_repo action=clean), repaired."""
+    return {"vm": run.get("vm"),
+            "repaired": _removed_partials((run.get("clean") or {}).get("removed")) + list(run.get("repaired") or [])}
+
+
 def result_ok(run):
     """The record of a complete backup. ``run``: vm, hypervisor, begin, commit, snapshot,
     repaired, prune, disk_plan (the registered results of those steps)."""
@@ -167,7 +186,7 @@ def result_ok(run):
         "bytes_sent": manifest.get("bytes_sent"), "bytes_stored": manifest.get("bytes_stored"),
         "disks": [d.get("target") for d in manifest.get("disks") or []],
         "disk_modes": disk_modes(manifest),
-        "repaired": (["removed partial backup %s" % r for r in begin.get("removed") or []]
+        "repaired": (_removed_partials(begin.get("removed"))
                      + list((run.get("snapshot") or {}).get("repaired") or [])
                      + list(run.get("repaired") or [])),
         "pruned": [r.get("backup_id") for r in (run.get("prune") or {}).get("removed") or []],

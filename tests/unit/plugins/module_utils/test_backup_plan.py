@@ -43,5 +43,8 @@ def test_filters_are_the_plan_functions():
     run = {"vm": "web1", "backup_id": "B", "stage": "begun", "failed_result": {"msg": "m"}}
     assert found["backup_result"](run, "failed") == _backup_plan.result_failed(run)
     assert found["backup_result"]({"vm": "web1"}) == _backup_plan.result_ok({"vm": "web1"})
-    with pytest.raises(ValueError, match="ok or failed"):
+    assert found["backup_result"]({"vm": "web1", "clean": {"removed": ["P"]}}, "cleanup") == \
+        {"vm": "web1", "repaired": ["removed partial backup P"]}
+    assert found["backup_result"]({"kvm": {"actions": ["merge x"]}}, "repaired") == ["merge x"]
+    with pytest.raises(ValueError, match="ok, failed, cleanup or repaired"):
         found["backup_result"](run, "maybe")
