@@ -29,6 +29,9 @@ options:
     description:
       - The registered loop results of disk_transfer (file and block disks) and rbd_transfer
         (RBD disks), as a list of them, or one of them.
+      - Each loop item is an entry of P(vmbackup.libvirt.backup_transfers#filter) (its C(target), C(size)
+        and C(reason) go into the manifest), or the older shapes - an (LVM disk, snapshot volume) pair
+        or an rbd_export result.
     type: raw
     required: true
   parent:
@@ -85,6 +88,12 @@ def backup_manifest(vm, snapshot, transfers, parent=None):
             "bytes_sent": result.get("bytes_sent"),
             "duration": result.get("duration"),
         }
+        # Why the disk was copied this way (backup_transfers): an RBD transfer that fell back to
+        # a full export says why itself.
+        reason = result.get("fallback_reason") if result.get("mode") == "full" else None
+        reason = reason or item.get("reason")
+        if reason:
+            entry["reason"] = reason
         if backend == "rbd":
             entry["hosts"] = known.get("hosts")
             entry["auth"] = known.get("auth")

@@ -160,9 +160,20 @@ def test_shut_off_vm_full_and_incremental(guest, playbook, tmp_path):
     found = manifests(repo, vm)
     assert [m["type"] for m in found] == ["full", "incremental"]
     assert found[1]["bytes_sent"] <= 4 * MiB * 1.1 + MiB
+    # Each disk says why it was copied so (backup_transfers' reason), in the manifest.
+    assert [d["reason"] for d in found[0]["disks"]] == ["first backup (no usable complete backup of the VM)"] * 2
+    assert [d["reason"] for d in found[1]["disks"]] == ["changes since the parent backup %s" % found[0]["backup_id"]] * 2
     # Backing up without keeping overlays puts the VM back on its original files.
     playbook.run(BACKUP, inv, dict(extra, vmbackup_keep_overlay=False))
     assert chain_of(vm) == {"vda": vda, "vdb": vdb}
+    # So the next backup is full, and the manifest and the VM's result say why.
+    playbook.run(BACKUP, inv, extra)
+    third, fourth = manifests(repo, vm)[-2:]
+    assert fourth["type"] == "full" and fourth["parent"] is None
+    why = {t: {"mode": "full", "reason": "the overlay of the parent backup %s was not kept on %s" % (third["backup_id"], t)}
+           for t in ("vda", "vdb")}
+    assert {d["target"]: {"mode": d["mode"], "reason": d["reason"]} for d in fourth["disks"]} == why
+    assert report(repo, "hv-local")[0]["disk_modes"] == why
     for m, state in zip(found, (first, second)):
         name = "it-off1-r"
         try:

@@ -237,3 +237,20 @@ def test_hypervisor_error(result, host, port, says, hint):
     assert says in got, got
     if hint is not None:
         assert ("ansible_python_interpreter is a Python with the libvirt bindings" in got) == hint, got
+
+
+def test_manifest_keeps_each_disks_reason_from_the_transfer_plan():
+    """Loop items of backup_transfers: the plan's reason goes into the manifest; an RBD export
+    that fell back to full at transfer time says its own reason."""
+    file_ = {"results": [{"item": {"target": "vda", "mode": "delta", "reason": "changes since the parent backup A"},
+                          "mode": "delta", "file": "/r/.partial-B/vda.qcow2"}]}
+    lvm = {"results": [{"item": {"target": "vdb", "size": 200, "mode": "full", "reason": "LVM whole"},
+                        "mode": "full", "file": "/r/.partial-B/vdb.qcow2"}]}
+    rbd = {"results": [{"item": {"target": "vdc", "size": 300, "mode": "incremental", "reason": "changes since RBD snapshot"},
+                        "mode": "full", "fallback_reason": "snapshot gone", "file": "/r/.partial-B/vdc.rbddiff"}]}
+    m = backup_manifest(VM, SNAPSHOT, [file_, lvm, rbd], "A")
+    disks = {d["target"]: d for d in m["disks"]}
+    assert disks["vda"]["reason"] == "changes since the parent backup A"
+    assert disks["vdb"]["reason"] == "LVM whole" and disks["vdb"]["virtual_size"] == 200
+    assert disks["vdc"]["reason"] == "snapshot gone" and disks["vdc"]["virtual_size"] == 300
+    assert "reason" not in backup_manifest(VM, SNAPSHOT, LVM, "A")["disks"][0]  # the older shapes: no reason

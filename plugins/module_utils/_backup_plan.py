@@ -1,0 +1,238 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup.libvirt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backup role's decisions, as pure functions (no Ansible, no I/O).
+
+The role sequences begin -> snapshot -> transfer -> commit -> keep/merge -> report; what each
+step does with the results of the steps before it is decided here:
+
+- ``plan(vm, begin, backup_type)``: which disks go to which backend (file, block, rbd), whether
+  the VM has file disks only (kvm_snapshot then repairs in its own run) or needs a freeze around
+  several backends, whether a delta is allowed at all (and if not, why: ``full_reason``), the
+  parent backup's images per disk, and the parent that rbd_export compares its snapshots with.
+- ``transfers(plan, kind, registered)``: one entry per disk of a backend, from what its snapshot
+  step returned: the image to read, the mode (``full`` / ``delta`` / ``incremental``), the
+  parent image of a delta, and ``reason``, why the disk is copied that way.
+- ``extra_files(nvram, tpm)``: the ``files`` of backup_repo action=commit (nvram.fd, tpm-*).
+- ``result_ok`` / ``result_failed`` / ``with_cleanup_warnings``: the VM's record in the run's
+  results (the keys report.yml, the run summary and the JSON/JUnit reports read);
+  ``repaired`` / ``result_cleanup``: what repair.yml did, and the cleanup playbook's record.
+
+Inputs are the registered results of the modules (vm_info's ``vms[0]``, backup_repo
+action=begin, kvm_snapshot / lvm_snapshot state=present, the loop of rbd_export state=present,
+backup_repo action=commit, backup_prune), as Ansible hands them to a filter.
+"""
+
+from __future__ import annotations
+
+BACKENDS = ("file", "block", "rbd")
+LVM_REASON = "LVM volumes are copied whole (no changed-block source for them yet)"
+
+
+BACKUP_TYPES = ("auto", "full", "incremental")  # the role's choices; auto and incremental decide alike
+
+
+def _check_type(backup_type):
+    if backup_type not in BACKUP_TYPES:
+        raise ValueError("backup_type must be one of %s, not %r" % (", ".join(BACKUP_TYPES), backup_type))
+
+
+def _parent_of(begin):
+    """The parent backup of begin (its latest usable complete backup): id, synthetic source, images."""
+    parent = (begin or {}).get("parent") or None
+    if not parent:
+        return None
+    return {
+        "backup_id": parent.get("backup_id"),
+        "synthesized_from": parent.get("synthesized_from") or None,
+        "images": dict((d.get("target"), d.get("image")) for d in parent.get("disks") or []
+                       if d.get("target") and d.get("image")),
+    }
+
+
+def full_reason(begin, backup_type):
+    """Why no disk of this backup may be a delta (a string), or None when deltas are allowed."""
+    _check_type(backup_type)
+    if backup_type == "full":
+        return "backup_type=full"
+    if not (begin or {}).get("parent"):
+        return "first backup (no usable complete backup of the VM)"
+    if begin.get("full_due"):
+        return "full due: %s" % (begin.get("full_reason") or "full_every / full_every_days reached")
+    return None
+
+
+def plan(vm, begin, backup_type="auto"):
+    """The VM's backup plan, from vm_info's entry, backup_repo action=begin and backup_type."""
+    disks = list((vm or {}).get("disks") or [])
+    backends = dict((kind, [d for d in disks if d.get("backend") == kind]) for kind in BACKENDS)
+    others = backends["block"] + backends["rbd"]
+    reason = full_reason(begin, backup_type)
+    parent = _parent_of(begin)
+    return {
+        "backends": backends,
+        "file_only": not others,
+        # Several backends of a running VM: the guest is frozen (or paused) around all snapshots.
+        "multi": bool((vm or {}).get("running")) and bool(others),
+        "full_reason": reason,
+        "parent": parent,
+        # rbd_export compares the image's snapshots with this backup (no parent: a full export).
+        "rbd_parent": parent["backup_id"] if parent and reason is None else None,
+    }
+
+
+def file_transfer(plan_, disk):
+    """One file disk's transfer from its kvm_snapshot entry: mode, parent image and why."""
+    target = disk.get("target")
+    entry = {"target": target, "image": disk.get("frozen"), "format": disk.get("frozen_format"),
+             "mode": "full", "parent_image": None}
+    parent = plan_.get("parent")
+    if plan_.get("full_reason"):
+        return dict(entry, reason=plan_["full_reason"])
+    image = parent["images"].get(target)
+    if not image:
+        return dict(entry, reason="parent backup %s has no image for %s (a disk added since)"
+                    % (parent["backup_id"], target))
+    if not disk.get("frozen_is_overlay"):
+        return dict(entry, reason="the overlay of the parent backup %s was not kept on %s"
+                    % (parent["backup_id"], target))
+    kept = disk.get("parent_snapshot")
+    if kept == parent["backup_id"]:
+        reason = "changes since the parent backup %s" % kept
+    elif parent.get("synthesized_from") and kept == parent["synthesized_from"]:
+        reason = "changes since backup %s, on the synthetic full %s made from it" % (kept, parent["backup_id"])
+    else:
+        return dict(entry, reason="the kept overlay of %s is from backup %s, not from the parent backup %s"
+                    % (target, kept, parent["backup_id"]))
+    return dict(entry, mode="delta", parent_image=image, reason=reason)
+
+
+def transfers(plan_, kind, registered):
+    """The transfers of one backend's disks, from what that backend's snapshot step returned.
+
+    ``kind=file``: ``registered`` is kvm_snapshot's result (its ``disks``); ``kind=block``:
+    lvm_snapshot's (its ``volumes``, in the order of the plan's block disks); ``kind=rbd``: the
+    registered loop of rbd_export state=present over the plan's rbd disks.
+    """
+    registered = registered or {}
+    if kind == "file":
+        return [file_transfer(plan_, d) for d in registered.get("disks") or []]
+    if kind == "block":
+        volumes = registered.get("volumes") or []
+        return [{"target": d.get("target"), "image": v.get("path"), "format": d.get("format") or "raw",
+                 "size": v.get("virtual_size"), "mode": "full", "parent_image": None, "reason": LVM_REASON}
+                for d, v in zip(plan_["backends"]["block"], volumes)]
+    if kind == "rbd":
+        out = []
+        for r in registered.get("results") or []:
+            if r.get("skipped"):
+                continue
+            mode = r.get("mode") or "full"
+            if mode == "incremental":
+                reason = "changes since RBD snapshot %s" % r.get("from_snapshot")
+            else:
+                reason = r.get("fallback_reason") or plan_.get("full_reason") or "no parent backup to compare with"
+            out.append({"target": (r.get("item") or {}).get("target"), "image": r.get("image"),
+                        "snapshot": r.get("snapshot"), "from_snapshot": r.get("from_snapshot") or None,
+                        "size": r.get("size"), "mode": mode, "reason": reason})
+        return out
+    raise ValueError("kind must be one of %s, not %r" % (", ".join(BACKENDS), kind))
+
+
+def extra_files(nvram=None, tpm=None):
+    """backup_repo commit's ``files``: the NVRAM (a slurp result) and the TPM's state files (a slurp loop)."""
+    files = {}
+    if nvram and not nvram.get("skipped") and "content" in nvram:
+        files["nvram.fd"] = nvram["content"]
+    for r in (tpm or {}).get("results") or []:
+        if not r.get("skipped") and "content" in r:
+            files["tpm-%s" % r["item"]] = r["content"]
+    return files
+
+
+def disk_modes(manifest):
+    """{target: {mode, reason}} of a written manifest's disks."""
+    return dict((d.get("target"), {"mode": d.get("mode"), "reason": d.get("reason")})
+                for d in (manifest or {}).get("disks") or [])
+
+
+def _removed_partials(removed):
+    return ["removed partial backup %s" % r for r in removed or []]
+
+
+def repaired(kvm=None, lvm=None, rbd=None):
+    """What repair.yml did: kvm_snapshot state=repaired's and lvm_snapshot's ``actions``, and the
+    RBD snapshots that the loop of rbd_export state=pruned removed."""
+    rbd_removed = [name for r in (rbd or {}).get("results") or [] for name in r.get("removed") or []]
+    return (list((kvm or {}).get("actions") or []) + list((lvm or {}).get("actions") or [])
+            + ["removed RBD snapshot %s" % name for name in rbd_removed])
+
+
+def result_cleanup(run):
+    """The cleanup playbook's record of a VM. ``run``: vm, clean (backup_repo action=clean), repaired."""
+    return {"vm": run.get("vm"),
+            "repaired": _removed_partials((run.get("clean") or {}).get("removed")) + list(run.get("repaired") or [])}
+
+
+def result_ok(run):
+    """The record of a complete backup. ``run``: vm, hypervisor, begin, commit, snapshot,
+    repaired, prune, disk_plan (the registered results of those steps)."""
+    begin = run.get("begin") or {}
+    manifest = (run.get("commit") or {}).get("manifest") or {}
+    return {
+        "vm": run.get("vm"), "hypervisor": run.get("hypervisor"), "result": "ok",
+        "backup_id": begin.get("backup_id"), "type": manifest.get("type"),
+        "parent": manifest.get("parent"),
+        "bytes_sent": manifest.get("bytes_sent"), "bytes_stored": manifest.get("bytes_stored"),
+        "disks": [d.get("target") for d in manifest.get("disks") or []],
+        "disk_modes": disk_modes(manifest),
+        "repaired": (_removed_partials(begin.get("removed"))
+                     + list((run.get("snapshot") or {}).get("repaired") or [])
+                     + list(run.get("repaired") or [])),
+        "pruned": [r.get("backup_id") for r in (run.get("prune") or {}).get("removed") or []],
+        "excluded": manifest.get("excluded"),
+        "warnings": list((run.get("disk_plan") or {}).get("warnings") or []),
+        "started": begin.get("started"), "finished": manifest.get("finished"),
+    }
+
+
+def failure_cause(failed_result):
+    """What failed: a loop's failed items' messages (command, rc, stderr), or the task's msg."""
+    failed_result = failed_result or {}
+    msgs = [str(r.get("msg", "")) for r in failed_result.get("results") or [] if r.get("failed")]
+    joined = "; ".join(msgs)
+    return joined or failed_result.get("msg") or "failed"
+
+
+def result_failed(run):
+    """The record of a failed backup. ``run``: vm, hypervisor, backup_id, stage, disk_plan,
+    failed_task (ansible_failed_task), failed_result (ansible_failed_result), rollback."""
+    rollback = run.get("rollback") or {}
+    return {
+        "vm": run.get("vm"), "hypervisor": run.get("hypervisor"), "result": "failed",
+        "backup_id": run.get("backup_id") or "", "complete": run.get("stage") == "complete",
+        "warnings": list((run.get("disk_plan") or {}).get("warnings") or []),
+        "error": "%s: %s" % ((run.get("failed_task") or {}).get("name") or "", failure_cause(run.get("failed_result"))),
+        "rollback": ("failed: %s" % rollback.get("msg")) if rollback.get("failed") else "ok",
+    }
+
+
+def cleanup_errors(cleanups):
+    """'cleanup: MSG' for each failed cleanup step (registered results; loops count per item)."""
+    out = []
+    for r in cleanups or []:
+        r = r or {}
+        items = r.get("results") if isinstance(r.get("results"), list) else [r]
+        out.extend("cleanup: %s" % (i.get("msg") or "failed") for i in items if i.get("failed"))
+    return out
+
+
+def with_cleanup_warnings(results, cleanups):
+    """The run's results with what the cleanup could not do added to the last record's warnings."""
+    results = list(results or [])
+    errors = cleanup_errors(cleanups)
+    if not errors or not results:
+        return results
+    last = dict(results[-1])
+    last["warnings"] = list(last.get("warnings") or []) + errors
+    return results[:-1] + [last]
