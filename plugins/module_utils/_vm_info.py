@@ -82,6 +82,18 @@ def summarize_vm(virsh, name):
     }
 
 
+def _still_there(virsh, name, listed, read, *args):
+    """``read(*args)``, or None when a VM of the listing was undefined meanwhile (by someone else,
+    between ``virsh list`` and reading it): one VM going away must not fail a whole hypervisor's
+    listing. A VM asked for by name, or one still there, keeps its error."""
+    try:
+        return read(*args)
+    except VmbackupError:
+        if listed and not virsh.exists(name):
+            return None
+        raise
+
+
 def gather(module):
     p = module.params
     runner = CommandRunner(module)
@@ -92,13 +104,17 @@ def gather(module):
         names = [p["name"]]
     else:
         names = virsh.list_names()
+    listed = not p["name"]
     if not p["details"]:
-        return {"changed": False, "vms": [summarize_vm(virsh, n) for n in names]}
+        return {"changed": False, "vms": [vm for vm in (_still_there(virsh, n, listed, summarize_vm, virsh, n)
+                                                        for n in names) if vm is not None]}
     vms = []
     secrets = set()
     try:
         for n in names:
-            vm = describe_vm(virsh, n, p["agent_timeout"], p["include_xml"])
+            vm = _still_there(virsh, n, listed, describe_vm, virsh, n, p["agent_timeout"], p["include_xml"])
+            if vm is None:
+                continue
             if "xml" in vm:
                 secrets.update(Domain(vm["xml"], what="VM %s on host %s" % (n, runner.host)).secrets())
             vms.append(vm)

@@ -24,7 +24,9 @@ extends_documentation_fragment:
 options:
   name:
     description:
-      - The VM (libvirt domain name). Omit to report every VM on the hypervisor.
+      - The VM (libvirt domain name). Omit to report every VM on the hypervisor; a VM that is
+        undefined while the module reads the list (by someone else) is left out of it, while any
+        other error reading a listed VM still fails the module.
     type: str
   agent_timeout:
     description:
