@@ -111,7 +111,13 @@ def test_tpm_state_backed_up_and_restored_same_name_and_renamed(tpm_guest, playb
     domains.virsh("undefine", VM)
     assert state_of(source_uuid) == {}
     os.unlink(image)  # the kept overlay: the restore writes the whole disk again
-    playbook.run(RESTORE, inv, {"vmbackup_vm": VM, "vmbackup_repository": repo, "vmbackup_restore_force": True})
+    # No VM of that name is defined any more to vouch for its old disk file, so the user names the
+    # target (a path from the repository alone is never replaced: issue 13, tampered repositories).
+    manifest = sorted(glob.glob(os.path.join(repo, VM, "*", "manifest.json")))[-1]
+    with open(manifest) as fh:
+        base = [d["source"] for d in json.load(fh)["disks"] if d["target"] == "vda"][0]
+    playbook.run(RESTORE, inv, {"vmbackup_vm": VM, "vmbackup_repository": repo, "vmbackup_restore_force": True,
+                                "vmbackup_restore_disk_map": {"vda": {"path": base, "format": "qcow2"}}})
     assert uuid_of(VM) == source_uuid
     assert state_of(source_uuid) == stored
     domains.virsh("start", VM)
