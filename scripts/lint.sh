@@ -3,6 +3,7 @@
 #   1. ansible-lint --profile production (config: .ansible-lint at the repo root)
 #   2. ansible-galaxy collection build into build/dist (and build/, .venv kept out of it)
 #   3. ansible-doc renders the modules' documentation
+#   4. antsibull-docs (the docsite builder) validates every plugin's and role's docs and markup
 # Every step runs; the exit code is 1 if any failed. Extra arguments go to ansible-lint.
 set -uo pipefail
 
@@ -68,6 +69,15 @@ docs() {
   return $rc
 }
 step ansible-doc docs
+
+# What a docsite build would reject: schema errors (a role spec's int default that is a template),
+# O()/RV()/M()/P() references to options, return values and plugins that do not exist (ours and
+# ansible.builtin's), RST that does not render. Local only: it reads ansible-doc's metadata dump.
+sitedocs() {
+  [ -x "$VENV/bin/antsibull-docs" ] || { echo "lint: $VENV/bin/antsibull-docs missing; run scripts/install-deps.sh" >&2; return 2; }
+  antsibull-docs lint-collection-docs --plugin-docs --validate-collection-refs dependent "$link"
+}
+step antsibull-docs sitedocs
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "lint: FAILED: ${failed[*]}"

@@ -12,7 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def markup(text):
-    return re.sub(r"\b[COVMR]\(([^)]*)\)", r"`\1`", " ".join(str(text).split()))
+    # O(ns.coll.plugin#type:name) and P(ns.coll.name#type) read as `name` and `ns.coll.name` here.
+    text = re.sub(r"\b(?:[COVMRP]|RV)\((?:[\w.]+#\w+:)?([^)#]*)(?:#\w+)?\)", r"`\1`", str(text))
+    return " ".join(text.split())
 
 
 def main():
@@ -24,6 +26,9 @@ def main():
         role = spec.split(os.sep)[-3]
         with open(spec) as fh:
             data = yaml.safe_load(fh)["argument_specs"]["main"]
+        # A spec default must match its type, so a templated one lives only in defaults/main.yml.
+        with open(os.path.join(os.path.dirname(os.path.dirname(spec)), "defaults", "main.yml")) as fh:
+            role_defaults = yaml.safe_load(fh) or {}
         out += ["## vmbackup.libvirt.%s" % role, "", markup(data.get("short_description", "")), ""]
         desc = data.get("description") or []
         desc = [desc] if isinstance(desc, str) else desc
@@ -38,7 +43,7 @@ def main():
             if opt.get("required"):
                 default = "(required)"
             else:
-                value = opt.get("default", "")
+                value = opt["default"] if "default" in opt else role_defaults.get(name, "")
                 if isinstance(value, str):
                     default = "`%s`" % (value or '""')
                 else:

@@ -18,11 +18,13 @@ description:
 positional: snapshot, transfers, parent
 options:
   _input:
-    description: The VM entry of M(vmbackup.libvirt.vm_info)'s RV(vms).
+    description: The VM entry of M(vmbackup.libvirt.vm_info)'s RV(vmbackup.libvirt.vm_info#module:vms).
     type: dict
     required: true
   snapshot:
-    description: The registered result of kvm_snapshot O(state=present).
+    description:
+      - The registered result of M(vmbackup.libvirt.kvm_snapshot)
+        O(vmbackup.libvirt.kvm_snapshot#module:state=present).
     type: dict
     required: true
   transfers:

@@ -14,7 +14,7 @@ name: restore_plan
 short_description: Decide where each disk of a backup is restored
 version_added: 0.1.0
 description:
-  - From a backup (M(vmbackup.libvirt.backup_repo) O(action=select)), the restored VM's name
+  - From a backup (M(vmbackup.libvirt.backup_repo) O(vmbackup.libvirt.backup_repo#module:action=select)), the restored VM's name
     and a storage mapping, builds one entry per disk - the target (type, path, format, size),
     the chain's top image in the repository, and the files to verify (path and sha256) first.
   - A disk not in the mapping goes where it came from when the name is unchanged, and beside
