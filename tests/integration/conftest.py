@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +34,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: many minutes on the test bed; run with make integration SLOW=1")
 
 
+# scripts/integration.sh runs two tests at a time (pytest-xdist). Its first phase pairs the
+# fault suite, which restarts this machine's libvirtd and kills hv1's sshd children, with the
+# files that use nothing of that: the LVM host (its own libvirtd and sshd) and the EE build.
+# With --dist loadgroup each group stays on one worker; the second phase (--dist loadfile) runs
+# the other files, which share the test bed without disturbing each other.
+XDIST_GROUPS = {"test_faults.py": "local-libvirtd", "test_lvm.py": "lvm-host", "test_lvm_vm.py": "lvm-host",
+                "test_ee.py": "lvm-host"}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = XDIST_GROUPS.get(os.path.basename(str(item.fspath)))
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if SLOW:
         return
     skip = pytest.mark.skip(reason="slow (minutes): run with make integration SLOW=1")
@@ -43,9 +57,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 def testbed(script, *args, timeout=600):
-    """Run a test bed script (``up`` is idempotent and fast when already healthy)."""
-    cp = subprocess.run(["bash", os.path.join(TESTBED_DIR, script), *args],
-                        capture_output=True, text=True, timeout=timeout, check=False)
+    """Run a test bed script (``up`` is idempotent and fast when already healthy).
+
+    One at a time per script: two xdist workers may both need ceph.sh up on a fresh machine.
+    """
+    os.makedirs(TB, exist_ok=True)
+    with open(os.path.join(TB, ".%s.lock" % script), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cp = subprocess.run(["bash", os.path.join(TESTBED_DIR, script), *args],
+                            capture_output=True, text=True, timeout=timeout, check=False)
     if cp.returncode != 0:
         raise RuntimeError("%s %s failed (rc=%s):\n%s\n%s"
                            % (script, " ".join(args), cp.returncode, cp.stdout[-3000:], cp.stderr[-3000:]))
@@ -78,6 +98,7 @@ class Playbook:
     def __init__(self, workdir):
         _ensure_collection_link()
         self.workdir = workdir
+        self.async_dir = os.path.join(workdir, "ansible-async")
         self.env = dict(os.environ)
         self.env.update({
             "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
@@ -89,6 +110,8 @@ class Playbook:
             "ANSIBLE_LOCAL_TEMP": os.path.join(workdir, "ansible-tmp"),
             "ANSIBLE_PYTHON_INTERPRETER": HV_PYTHON,
             "ANSIBLE_DEPRECATION_WARNINGS": "false",
+            # Async job results of this test's runs only (another xdist worker runs its own).
+            "ANSIBLE_ASYNC_DIR": self.async_dir,
         })
 
     def inventory(self, text):

@@ -70,13 +70,16 @@ def remove_authorized(pubfile):
     if not os.path.exists(pubfile):
         return
     blob = read_bytes(pubfile).decode().split()[1]
-    with open(AUTHORIZED_KEYS, "r+") as fh:
+    with open(AUTHORIZED_KEYS) as fh:
         lines = fh.readlines()
-        keep = [line for line in lines if blob not in line]
-        if keep != lines:
-            fh.seek(0)
+    keep = [line for line in lines if blob not in line]
+    if keep != lines:
+        # Written aside and renamed: tests in the other xdist worker log in with this file meanwhile.
+        tmp = AUTHORIZED_KEYS + ".tmp-%d" % os.getpid()
+        with open(tmp, "w") as fh:
             fh.writelines(keep)
-            fh.truncate()
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, AUTHORIZED_KEYS)
 
 
 def openssh(known_hosts, key, address, port, name=None):

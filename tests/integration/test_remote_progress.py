@@ -88,7 +88,7 @@ def test_progress_from_a_remote_node(playbook, tmp_path):
         playbook.run(RESTORE, inv, dict(common, vmbackup_vm=VM, vmbackup_restore_name=restored))
         assert image_sha256("/var/lib/libvirt/images/%s-vda.qcow2" % restored) == image_sha256(DISK)
         # No async job results left behind on the node.
-        jobs = os.path.expanduser("~/.ansible_async")
+        jobs = playbook.async_dir  # this test's own (conftest sets ANSIBLE_ASYNC_DIR)
         assert not [f for f in (os.listdir(jobs) if os.path.isdir(jobs) else [])
                     if os.path.getmtime(os.path.join(jobs, f)) >= started]
     finally:
