@@ -201,8 +201,14 @@ def _qemu_opt(value):
 # stdin (or the connection drops). After "done" (the transfer succeeded) it waits for qemu-nbd
 # to exit (its client is gone, it flushes), otherwise it stops it; it reports qemu-nbd's exit
 # status and removes the directory, key and socket included, whatever happened.
+# On the tls and insecure-tcp channels it also makes the listening socket, bound to the data
+# address, with TCP_NODELAY (the connection qemu-nbd accepts inherits it), and hands it to
+# qemu-nbd by socket activation (LISTEN_FDS, fd 3; sh's exec keeps the pid LISTEN_PID names).
+# qemu-nbd before QEMU 8.0 sets no TCP_NODELAY on its connections (fixed upstream by "nbd/server:
+# push pending frames after sending reply"): Nagle's algorithm then holds back its small TLS
+# records, replies and tails of reads, waiting for ACKs.
 NBD_SERVER = r'''
-import json, os, shutil, signal, subprocess, sys, time
+import json, os, shutil, signal, socket, subprocess, sys, time
 a = json.loads(sys.argv[1])
 d = a["dir"]
 def stop(*_ignored):
@@ -223,9 +229,27 @@ try:
         os.write(fd, ("%s:%s\n" % (a["user"], key)).encode())
         os.close(fd)
     key = None
+    argv, fds = a["argv"], ()
+    if a["listen"]:
+        host, port = a["listen"]
+        try:
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.bind((host, port))
+            s.listen(1)
+        except OSError as e:
+            sys.stderr.write("vmbackup: cannot listen on %s port %s: %s\n" % (host, port, e))
+            raise SystemExit(4)
+        if s.fileno() != 3:
+            os.dup2(s.fileno(), 3)
+            s.close()
+        argv, fds = ["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh"] + argv, (3,)
     pid = os.path.join(d, "qemu-nbd.pid")
-    p = subprocess.Popen(a["argv"] + ["--pid-file=" + pid, a["image"]],
+    p = subprocess.Popen(argv + ["--pid-file=" + pid, a["image"]], pass_fds=fds,
                          stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+    if fds:
+        os.close(3)  # qemu-nbd has it; its one client is the only one it accepts
     end = time.time() + a["timeout"]
     while not os.path.exists(pid) and p.poll() is None and time.time() < end:
         time.sleep(0.05)
@@ -339,7 +363,7 @@ class NbdExport:
     def nbd_argv(self):
         """qemu-nbd's arguments (NBD_SERVER adds --pid-file and the image): nothing secret."""
         if self.tcp:
-            where = ["-b", self.hv.data_address, "-p", str(self.port), "--shared=1"]
+            where = ["--shared=1"]  # NBD_SERVER's socket, bound to data_address:port ("listen")
         else:
             where = ["-k", self.remote_socket, "--shared=1"]
         argv = ["qemu-nbd", "-f", self.fmt] + where
@@ -358,7 +382,7 @@ class NbdExport:
     def server_params(self):
         return {"dir": self.remote_dir, "argv": self.nbd_argv(), "image": self.image, "tls": self.tls,
                 "user": PSK_USER, "ready": READY, "done": DONE, "timeout": self.hv.ready_timeout,
-                "close_timeout": CLOSE_TIMEOUT}
+                "close_timeout": CLOSE_TIMEOUT, "listen": [self.hv.data_address, self.port] if self.tcp else None}
 
     def server_argv(self):
         """The command that runs NBD_SERVER: on the node (local) or through ssh (remote)."""

@@ -10,11 +10,13 @@ without authentication).
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -142,20 +144,60 @@ def vm(libvirt, sshd):
     cleanup_vm(VM)
 
 
+def _pidfd_getfd(pid, fd):
+    """A copy of process ``pid``'s descriptor ``fd`` (pidfd_getfd(2), Linux 5.6; root)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        got = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd on x86_64
+        if got < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd %d/%d" % (pid, fd))
+        return got
+    finally:
+        os.close(pidfd)
+
+
+def tcp_sockets_of(pid):
+    """[(listening, (address, port), nodelay)] of the TCP sockets process ``pid`` holds."""
+    found = []
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return found
+    for name in fds:
+        try:
+            if not os.readlink("/proc/%d/fd/%s" % (pid, name)).startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=_pidfd_getfd(pid, int(name)))
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+                found.append((bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)),
+                              tuple(sock.getsockname()[:2]),
+                              bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))))
+        except OSError:
+            pass
+        finally:
+            sock.close()  # our copy only
+    return found
+
+
 class NbdWatcher:
-    """Records the qemu-nbd command lines that serve ``needle`` while a playbook runs."""
+    """Records the qemu-nbd processes that serve ``needle`` while a playbook runs: their command
+    lines and the TCP sockets they hold (the listening one, the client's connection)."""
 
     def __init__(self, needle):
         self.needle = needle
-        self.seen = set()
+        self.seen = {}  # command line -> set of (listening, (address, port), nodelay)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self):
         while not self.stop.is_set():
-            for c in cmdlines().values():
+            for pid, c in cmdlines().items():
                 if c.startswith("qemu-nbd ") and self.needle in c:
-                    self.seen.add(c)
+                    self.seen.setdefault(c, set()).update(tcp_sockets_of(pid))
             time.sleep(0.05)
 
     def __enter__(self):
@@ -166,9 +208,14 @@ class NbdWatcher:
         self.stop.set()
         self.thread.join()
 
-
-def served_over_tls(cmdline):
-    return "--tls-creds vmbackup-tls" in cmdline and "-b %s" % HV1["address"] in cmdline and "--shared=1" in cmdline
+    def served_over_tls(self):
+        """Every export: TLS, one client, listening on the data address only, and every client
+        connection seen with TCP_NODELAY (qemu-nbd 7.2 sets none; NBD_SERVER's socket gives it)."""
+        socks = [s for found in self.seen.values() for s in found]
+        # (A short-lived export may be gone before its descriptors were read; its command line counts.)
+        return (bool(self.seen) and all("--tls-creds vmbackup-tls" in c and "--shared=1" in c for c in self.seen)
+                and {s[1][0] for s in socks if s[0]} == {HV1["address"]}
+                and any(not s[0] for s in socks) and all(s[2] for s in socks if not s[0]))
 
 
 def test_backup_full_incremental_and_restore_over_tls(vm, playbook, work):
@@ -182,7 +229,7 @@ def test_backup_full_incremental_and_restore_over_tls(vm, playbook, work):
     with NbdWatcher("/%s-vd" % vm) as watch:
         playbook.run(BACKUP, inv, base)
     # The full images went through qemu-nbd with TLS on the data address, read-only.
-    assert watch.seen and all(served_over_tls(c) and "--read-only" in c for c in watch.seen), watch.seen
+    assert watch.served_over_tls() and all("--read-only" in c for c in watch.seen), watch.seen
     domains.guest_write(vm, "/dev/vda", 20 * MiB, 3 * MiB, seed=13)
     domains.guest_write(vm, "/dev/vdb", 10 * MiB, 1 * MiB, seed=14)
     state = {t: domains.guest_sha256(vm, "/dev/" + t) for t in ("vda", "vdb")}
@@ -199,7 +246,7 @@ def test_backup_full_incremental_and_restore_over_tls(vm, playbook, work):
     # Every export went over TLS: one writable per disk (the write), and the read-only ones of the
     # restore's read-back comparison (qemu-img compare of the target with the chain).
     writes = [c for c in watch.seen if "--read-only" not in c]
-    assert len(writes) >= 2 and all(served_over_tls(c) for c in watch.seen), watch.seen
+    assert len(writes) >= 2 and watch.served_over_tls(), watch.seen
     restored = dict(domains.domblklist(RESTORED))
     assert image_sha256(restored["vda"], "qcow2") == state["vda"]
     assert image_sha256(restored["vdb"], "raw") == state["vdb"]

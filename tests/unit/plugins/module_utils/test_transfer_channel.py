@@ -108,9 +108,10 @@ def server_params(argv):
 # channel, the qemu-nbd arguments that must be there, those that must not, the forward
 CHANNELS = [
     ("ssh", ["-k", "--shared=1", "--read-only", "--cache=writeback"], ["-b", "-p", "--tls-creds", "--persistent", "--fork"], True),
-    ("tls", ["-b", "192.0.2.7", "-p", "--shared=1", "--tls-creds", "vmbackup-tls", "--read-only"],
-     ["-k", "--persistent", "--fork"], False),
-    ("insecure-tcp", ["-b", "192.0.2.7", "-p", "--shared=1", "--read-only"], ["-k", "--tls-creds", "--persistent", "--fork"], False),
+    # tls and insecure-tcp: no -b/-p; NBD_SERVER makes the socket ("listen") for socket activation.
+    ("tls", ["--shared=1", "--tls-creds", "vmbackup-tls", "--read-only"],
+     ["-b", "-p", "-k", "--persistent", "--fork"], False),
+    ("insecure-tcp", ["--shared=1", "--read-only"], ["-b", "-p", "-k", "--tls-creds", "--persistent", "--fork"], False),
 ]
 
 
@@ -130,6 +131,12 @@ def test_backup_argv_per_channel(tmp_path, channel, present, absent, forward):
     assert params["image"] == "/img/vm1.qcow2" and params["tls"] == (channel == "tls")
     assert ("-L" in argv) == forward
     convert = [a for a in runner.ran if a[:2] == ["qemu-img", "convert"]][0]
+    if channel == "ssh":
+        assert params["listen"] is None
+    else:  # NBD_SERVER listens where the node connects
+        host, port = params["listen"]
+        assert host == "192.0.2.7"
+        assert "port=%d" % port in " ".join(convert) or "192.0.2.7:%d" % port in " ".join(convert), convert
     lines = stdin_lines(runner)
     if channel == "tls":
         key = lines[0]
@@ -270,3 +277,72 @@ def test_a_plain_failure_stays_the_tools_own(tmp_path):
         transfer.pull_full(runner, hv_for(runner, "ssh", tmp_path), "/img/vm1.qcow2", "qcow2", str(tmp_path / "o.qcow2"))
     assert "repository's file system is full" in err.value.msg
     assert stdin_lines(runner)[-1] != "done"  # the server was told to stop, not to wait
+
+
+# qemu-nbd faked at the command boundary: it reports what socket activation handed it.
+FAKE_QEMU_NBD = r"""
+import json, os, socket, sys
+pidfile = [a for a in sys.argv if a.startswith("--pid-file=")][0].split("=", 1)[1]
+report = {"listen_pid_is_mine": os.environ.get("LISTEN_PID") == str(os.getpid()),
+          "listen_fds": os.environ.get("LISTEN_FDS"), "argv": sys.argv[1:]}
+s = socket.socket(fileno=3)
+report["listening_on"] = list(s.getsockname())
+report["listening_nodelay"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+open(pidfile, "w").write(str(os.getpid()))
+conn, _peer = s.accept()
+report["accepted_nodelay"] = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+conn.close()
+open(os.environ["FAKE_REPORT"], "w").write(json.dumps(report))
+"""
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_nbd_server_hands_a_nodelay_socket_to_qemu_nbd(tmp_path):
+    """On tcp channels NBD_SERVER binds data_address:port itself, with TCP_NODELAY (qemu-nbd 7.2
+    sets none, and Nagle holds back its TLS records), and passes it by socket activation."""
+    import socket
+    fake = tmp_path / "qemu-nbd.py"
+    fake.write_text(FAKE_QEMU_NBD)
+    report = tmp_path / "report.json"
+    port = _free_port()
+    params = {"dir": str(tmp_path / "srv"), "argv": [sys.executable, str(fake), "--shared=1", "--read-only"],
+              "image": "/img/vm1.qcow2", "tls": False, "user": "vmbackup", "ready": transfer.READY,
+              "done": transfer.DONE, "timeout": 20, "close_timeout": 20, "listen": ["127.0.0.1", port]}
+    env = dict(os.environ, FAKE_REPORT=str(report))
+    proc = subprocess.Popen([sys.executable, "-c", transfer.NBD_SERVER, json.dumps(params)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(b"\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().decode().strip() == transfer.READY
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+        client.recv(1)  # the fake closes after its checks
+    out, err = proc.communicate(b"done\n", timeout=30)
+    assert out.decode().split() == [transfer.DONE, "0"], err
+    got = json.loads(report.read_text())
+    assert got["listen_pid_is_mine"] and got["listen_fds"] == "1"
+    assert got["listening_on"] == ["127.0.0.1", port]
+    assert got["listening_nodelay"] and got["accepted_nodelay"]
+    assert got["argv"] == ["--shared=1", "--read-only", "--pid-file=%s/qemu-nbd.pid" % params["dir"], "/img/vm1.qcow2"]
+    assert not os.path.exists(params["dir"])  # removed, socket and all
+
+
+def test_nbd_server_says_which_address_it_cannot_listen_on(tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        params = {"dir": str(tmp_path / "srv"), "argv": ["false"], "image": "/img/x", "tls": False, "user": "u",
+                  "ready": transfer.READY, "done": transfer.DONE, "timeout": 5, "close_timeout": 5,
+                  "listen": ["127.0.0.1", port]}
+        cp = subprocess.run([sys.executable, "-c", transfer.NBD_SERVER, json.dumps(params)], input=b"\n",
+                            capture_output=True, timeout=30, check=False)
+    assert cp.returncode == 4 and transfer.READY.encode() not in cp.stdout
+    assert ("cannot listen on 127.0.0.1 port %d" % port).encode() in cp.stderr
+    assert not os.path.exists(params["dir"])
