@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# make integration: the integration tests on the real test bed, two at a time (pytest-xdist), in
-# two phases, so that no test runs beside one that disturbs what it uses:
-#   1. the fault suite (it restarts libvirtd and kills hv1's sshd children) beside the files that
-#      use neither: the LVM host (a TCG guest with its own libvirtd and sshd) and the EE build;
-#      tests/integration/conftest.py (XDIST_GROUPS) keeps each group on one worker;
-#   2. every other file, a file per worker at a time.
+# make integration: the integration tests on the real test bed, two at a time, in two phases, so
+# that no test runs beside one that disturbs what it uses:
+#   1. the fault suite (it restarts libvirtd and kills hv1's sshd children) in one pytest, beside
+#      a second pytest with the files that use neither: the LVM host (a TCG guest with its own
+#      libvirtd and sshd) and the EE build;
+#   2. every other file, two files at a time (pytest-xdist --dist loadfile: a file stays on one
+#      worker, so the guests a file shares between its tests stay its own).
 # With file arguments (make integration TESTS=...) those files run in one pytest, one at a time.
-# Each phase runs even if the other failed; the last line sums both.
+# Each part runs even if another failed; the last line sums them all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -18,26 +19,36 @@ if [ $# -gt 0 ] && [ "$*" != "$ALL" ] && [ "$*" != "$ALL/" ]; then
     exec "${PYTEST[@]}" "$@"
 fi
 
-phase1=(test_faults.py test_lvm.py test_lvm_vm.py test_ee.py)
-phase2=()
+faults=(test_faults.py)
+beside=(test_lvm.py test_lvm_vm.py test_ee.py)
+rest=()
 for f in "$ALL"/test_*.py; do
     name=$(basename "$f")
-    [[ " ${phase1[*]} " == *" $name "* ]] || phase2+=("$f")
+    [[ " ${faults[*]} ${beside[*]} " == *" $name "* ]] || rest+=("$f")
 done
 mkdir -p build
-rc=0
+rm -f build/integration-*.xml
 start=$(date +%s)
-"${PYTEST[@]}" -n "$WORKERS" --dist loadgroup --junitxml=build/integration-1.xml "${phase1[@]/#/$ALL/}" || rc=1
+# Phase 1: both pytests' lines interleave live, each with its prefix.
+( "${PYTEST[@]}" --junitxml=build/integration-1a.xml "${faults[@]/#/$ALL/}" 2>&1 | sed -u 's/^/[faults] /'
+  exit "${PIPESTATUS[0]}" ) &
+pid_a=$!
+( "${PYTEST[@]}" --junitxml=build/integration-1b.xml "${beside[@]/#/$ALL/}" 2>&1 | sed -u 's/^/[lvm-host] /'
+  exit "${PIPESTATUS[0]}" ) &
+pid_b=$!
+rc=0
+wait "$pid_a" || rc=1
+wait "$pid_b" || rc=1
 mid=$(date +%s)
-"${PYTEST[@]}" -n "$WORKERS" --dist loadfile --junitxml=build/integration-2.xml "${phase2[@]}" || rc=1
+"${PYTEST[@]}" -n "$WORKERS" --dist loadfile --junitxml=build/integration-2.xml "${rest[@]}" || rc=1
 end=$(date +%s)
 
-"$PY" - build/integration-1.xml build/integration-2.xml "$((mid - start))" "$((end - mid))" <<'EOF'
+"$PY" - "$((mid - start))" "$((end - mid))" build/integration-1a.xml build/integration-1b.xml build/integration-2.xml <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 
 totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
-for path in sys.argv[1:3]:
+for path in sys.argv[3:]:
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as exc:
@@ -48,8 +59,8 @@ for path in sys.argv[1:3]:
         for key in totals:
             totals[key] += int(suite.get(key, 0))
 passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
-print("integration: %d passed, %d failed, %d errors, %d skipped in %s s (phase 1: %s s, phase 2: %s s)"
+print("integration: %d passed, %d failed, %d errors, %d skipped in %d s (phase 1: %s s, phase 2: %s s)"
       % (passed, totals["failures"], totals["errors"], totals["skipped"],
-         int(sys.argv[3]) + int(sys.argv[4]), sys.argv[3], sys.argv[4]))
+         int(sys.argv[1]) + int(sys.argv[2]), sys.argv[1], sys.argv[2]))
 EOF
 exit $rc

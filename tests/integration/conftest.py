@@ -34,20 +34,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: many minutes on the test bed; run with make integration SLOW=1")
 
 
-# scripts/integration.sh runs two tests at a time (pytest-xdist). Its first phase pairs the
-# fault suite, which restarts this machine's libvirtd and kills hv1's sshd children, with the
-# files that use nothing of that: the LVM host (its own libvirtd and sshd) and the EE build.
-# With --dist loadgroup each group stays on one worker; the second phase (--dist loadfile) runs
-# the other files, which share the test bed without disturbing each other.
-XDIST_GROUPS = {"test_faults.py": "local-libvirtd", "test_lvm.py": "lvm-host", "test_lvm_vm.py": "lvm-host",
-                "test_ee.py": "lvm-host"}
-
-
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = XDIST_GROUPS.get(os.path.basename(str(item.fspath)))
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
     if SLOW:
         return
     skip = pytest.mark.skip(reason="slow (minutes): run with make integration SLOW=1")
@@ -59,7 +46,7 @@ def pytest_collection_modifyitems(config, items):
 def testbed(script, *args, timeout=600):
     """Run a test bed script (``up`` is idempotent and fast when already healthy).
 
-    One at a time per script: two xdist workers may both need ceph.sh up on a fresh machine.
+    One at a time per script: two tests running at once (scripts/integration.sh) may both need ceph.sh up on a fresh machine.
     """
     os.makedirs(TB, exist_ok=True)
     with open(os.path.join(TB, ".%s.lock" % script), "w") as lock:
@@ -110,7 +97,7 @@ class Playbook:
             "ANSIBLE_LOCAL_TEMP": os.path.join(workdir, "ansible-tmp"),
             "ANSIBLE_PYTHON_INTERPRETER": HV_PYTHON,
             "ANSIBLE_DEPRECATION_WARNINGS": "false",
-            # Async job results of this test's runs only (another xdist worker runs its own).
+            # Async job results of this test's runs only (another test may run beside it).
             "ANSIBLE_ASYNC_DIR": self.async_dir,
         })
 
