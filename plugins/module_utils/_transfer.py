@@ -241,9 +241,10 @@ try:
         except OSError as e:
             sys.stderr.write("vmbackup: cannot listen on %s port %s: %s\n" % (host, port, e))
             raise SystemExit(4)
-        if s.fileno() != 3:
-            os.dup2(s.fileno(), 3)
-            s.close()
+        lfd = s.detach()  # a bare fd: no socket object left to close it again at exit
+        if lfd != 3:
+            os.dup2(lfd, 3)
+            os.close(lfd)
         argv, fds = ["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh"] + argv, (3,)
     pid = os.path.join(d, "qemu-nbd.pid")
     p = subprocess.Popen(argv + ["--pid-file=" + pid, a["image"]], pass_fds=fds,
