@@ -63,18 +63,17 @@ def _remote_execute(hv, timeout):
     def execute(argv, what):
         full = ["timeout", "--kill-after=10", "%ds" % timeout] + list(argv)
         rc, out, err = hv.run(full, what, check_rc=False)
-        if rc == 255 and hv.transport == "ssh":
-            raise VmbackupError(transfer.ssh_failure_message(hv, err), rc=rc, stderr=err)
+        lost = transfer.ssh_link_error(hv, rc, err, rc=rc, stderr=err)
+        if lost:
+            raise lost
         return rc, out, err
     return execute
 
 
-_unlink = _files.unlink_quietly
-
-
 def _stream_failure(hv, rbd, image, what, argv, rc, err):
-    if rc == 255 and hv.transport == "ssh":
-        return VmbackupError(transfer.ssh_failure_message(hv, err), cmd=argv, rc=rc, stderr=err)
+    lost = transfer.ssh_link_error(hv, rc, err, cmd=argv, rc=rc, stderr=err)
+    if lost:
+        return lost
     return rbdlib.rbd_error(image, "%s on hypervisor %s" % (what, hv.label), argv, rc, "", err,
                             rbd.params, rbd.host)
 
@@ -164,17 +163,16 @@ def backup(module, runner, hv, rbd):
             raise VmbackupError(
                 "the stream of rbd export-diff of %s from hypervisor %s goes from %s to %s, expected %s to %s; "
                 "nothing was kept" % (image, hv.label, info["from_snap"], info["to_snap"], from_snap, name))
-        os.rename(part, dest)
-        _files.fsync_dir(directory)
+        _files.commit_part(part, dest)
     except OSError as exc:
-        _unlink(part)
+        _files.unlink_quietly(part)
         if exc.errno == 28:
             raise VmbackupError("writing %s on the backup node %s failed: the repository's file system is "
                                 "full. Free space or prune old backups; the partial file was removed."
                                 % (dest, runner.host))
         raise
     except BaseException:
-        _unlink(part)
+        _files.unlink_quietly(part)
         raise
     return {
         "changed": True, "file": dest, "image": image, "snapshot": name, "mode": mode,
@@ -357,7 +355,7 @@ def restore_file(module, runner, hv, rbd, paths, infos):
     finally:
         if fd is not None:
             os.close(fd)
-        _unlink(tmp)
+        _files.unlink_quietly(tmp)
     return {"changed": True, "target": target, "created": created, "size": size, "bytes_sent": written,
             "duration": round(time.time() - start, 3)}
 
