@@ -29,22 +29,22 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def fsync_file(path):
-    """Flush the data and metadata of the file at ``path`` to stable storage."""
-    fd = os.open(path, os.O_RDONLY)
+def _fsync(path, flags=0):
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path):
+    """Flush the data and metadata of the file at ``path`` to stable storage."""
+    _fsync(path)
 
 
 def fsync_dir(path):
     """Flush the entries of directory ``path`` (names created, renamed or removed in it)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, getattr(os, "O_DIRECTORY", 0))
 
 
 def write_atomic(path, data, mode=FILE_MODE, tmp=None):
@@ -112,6 +112,19 @@ def unlink_quietly(path, missing_only=False):
         if missing_only:
             raise
         return False
+
+
+def read_json(path, bad, valid=lambda value: isinstance(value, dict)):
+    """The JSON in ``path`` if ``valid`` accepts it; None when there is no such file; ``bad``
+    when it cannot be read or parsed, or ``valid`` refuses it (a crash or someone else wrote it)."""
+    try:
+        with open(path) as fh:
+            value = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return bad
+    return value if valid(value) else bad
 
 
 def write_progress(path, state):

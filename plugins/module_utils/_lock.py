@@ -106,16 +106,7 @@ def playbook_process():
 
 
 def read_lock(path):
-    try:
-        with open(path) as fh:
-            lock = json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {"owner": "?", "created": 0, "corrupt": True}
-    if not isinstance(lock, dict):
-        return {"owner": "?", "created": 0, "corrupt": True}
-    return lock
+    return _files.read_json(path, {"owner": "?", "created": 0, "corrupt": True})
 
 
 def owner_alive(lock):

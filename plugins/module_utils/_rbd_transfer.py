@@ -126,11 +126,10 @@ def backup(module, runner, hv, rbd):
         args += ["--from-snap", from_snap]
     args += ["%s@%s" % (image, name), "-"]
     argv = hv.command_argv(rbd.argv(*args))
-    part = dest + ".part"
     start = time.time()
     sent = 0
     digest = hashlib.sha256()
-    try:
+    with transfer.writing_part(dest, runner.host, "file") as part:
         # 0600 from creation on: the repository is root's alone.
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _files.FILE_MODE)
         with tempfile.TemporaryFile() as errf, os.fdopen(fd, "wb") as out:
@@ -164,16 +163,6 @@ def backup(module, runner, hv, rbd):
                 "the stream of rbd export-diff of %s from hypervisor %s goes from %s to %s, expected %s to %s; "
                 "nothing was kept" % (image, hv.label, info["from_snap"], info["to_snap"], from_snap, name))
         _files.commit_part(part, dest)
-    except OSError as exc:
-        _files.unlink_quietly(part)
-        if exc.errno == 28:
-            raise VmbackupError("writing %s on the backup node %s failed: the repository's file system is "
-                                "full. Free space or prune old backups; the partial file was removed."
-                                % (dest, runner.host))
-        raise
-    except BaseException:
-        _files.unlink_quietly(part)
-        raise
     return {
         "changed": True, "file": dest, "image": image, "snapshot": name, "mode": mode,
         "from_snapshot": from_snap, "fallback_reason": reason,
@@ -197,11 +186,7 @@ def verify_chain(chain):
         if not os.path.isfile(path):
             raise VmbackupError("backup file %s of the chain is missing on the backup node; nothing was written"
                                 % path)
-        actual = _files.sha256_file(path)
-        if actual != expected:
-            raise VmbackupError(
-                "backup file %s is damaged: its sha256 is %s, the manifest says %s. Nothing was written to "
-                "the hypervisor; restore an older backup or run verify." % (path, actual, expected))
+        disk_transfer.check_backup_file(path, expected, "file")
         paths.append(path)
     infos = []
     for path in paths:

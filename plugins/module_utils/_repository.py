@@ -306,16 +306,8 @@ class Repository:
     def damage(self, vm, backup_id):
         """The verify findings that mark a backup damaged, or None."""
         path = os.path.join(self.backup_dir(vm, backup_id), DAMAGED)
-        try:
-            with open(path) as fh:
-                found = json.load(fh)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"problems": ["%s is unreadable" % path]}
-        if not isinstance(found, dict) or not isinstance(found.get("problems"), list):
-            return {"problems": ["%s is unreadable" % path]}
-        return found
+        return _files.read_json(path, {"problems": ["%s is unreadable" % path]},
+                                valid=lambda found: isinstance(found, dict) and isinstance(found.get("problems"), list))
 
     def backup_ids(self, vm):
         """The IDs of a VM's backup directories (names that are not backup IDs are no backups)."""

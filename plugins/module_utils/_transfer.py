@@ -18,6 +18,8 @@ SSH always checks host keys strictly against the given known_hosts file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import secrets
@@ -607,21 +609,30 @@ def convert(runner, argv, what, hint, progress=None):
         raise
 
 
+@contextlib.contextmanager
+def writing_part(dest, host, what="image"):
+    """``dest + ".part"``, for the block that writes it: removed if the block fails, and a full
+    file system (ENOSPC) said so in one message."""
+    part = dest + ".part"
+    try:
+        yield part
+    except BaseException as exc:
+        _files.unlink_quietly(part)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise VmbackupError("writing %s on the backup node %s failed: the repository's file system is "
+                                "full. Free space or prune old backups; the partial %s was removed." % (dest, host, what))
+        raise
+
+
 def pull_full(runner, hv, image, fmt, dest, progress_file=None):
     """Copy the guest-visible content of ``image`` into a new qcow2 ``dest``."""
-    part = dest + ".part"
-    progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest), watch=part)
     out = ["-O", "qcow2", "-o", "compat=1.1", "-m", "8", "-W"]
     what = "copying %s from hypervisor %s" % (image, hv.label)
-    try:
+    progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest), watch=dest + ".part")
+    with writing_part(dest, runner.host) as part, contextlib.closing(progress):
         with _files.private_umask():  # qemu-img creates the image 0600
             _pull_full(runner, hv, image, fmt, part, out, what, progress)
         _finish(part, dest)
-    except Exception:
-        _files.unlink_quietly(part)
-        raise
-    finally:
-        progress.close()
     return {"mode": "full", "bytes_sent": data_bytes(runner, dest)}
 
 
@@ -642,9 +653,8 @@ def _pull_full(runner, hv, image, fmt, part, out, what, progress):
 
 def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
     """Stream the frozen overlay ``image`` and rebase it onto ``parent_image`` (in the repository)."""
-    part = dest + ".part"
     progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest))
-    try:
+    with writing_part(dest, runner.host) as part, contextlib.closing(progress):
         if hv.transport == "ssh" and hv.channel in ("tls", "insecure-tcp"):
             # The overlay file's bytes, served raw over the TCP data channel.
             with NbdExport(hv, image, "raw") as nbd, _files.private_umask():
@@ -673,17 +683,6 @@ def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
                    what="checking the delta of %s" % image,
                    hint="The overlay read from the hypervisor is not a valid qcow2; run a full backup.")
         _finish(part, dest)
-    except OSError as exc:
-        _files.unlink_quietly(part)
-        if exc.errno == 28:
-            raise VmbackupError("writing %s on the backup node %s failed: the repository's file system is "
-                                "full. Free space or prune old backups; the partial image was removed." % (dest, runner.host))
-        raise
-    except Exception:
-        _files.unlink_quietly(part)
-        raise
-    finally:
-        progress.close()
     return {"mode": "delta", "bytes_sent": sent}
 
 

@@ -383,3 +383,28 @@ def test_pull_delta_flushes_the_rebased_header_before_naming_it(tmp_path, events
     rename = events.index(("rename", dest + ".part", dest))
     assert len(part_fsyncs) == 2 and part_fsyncs[-1] < rename
     assert events[rename + 1:] == [("fsync", os.path.dirname(dest))]
+
+
+BAD = {"corrupt": True}
+
+
+@pytest.mark.parametrize("content, valid, expected", [
+    (None, None, None),                       # no file: None, never BAD
+    (b'{"owner": "a"}', None, {"owner": "a"}),
+    (b"null", None, BAD),                     # JSON, but not a dict: not to be taken for "missing"
+    (b"[1]", None, BAD),
+    (b'{"own', None, BAD),                    # cut short by a crash
+    (b"\xff\xfe", None, BAD),
+    (b'{"problems": 1}', lambda v: isinstance(v.get("problems"), list), BAD),
+    (b'{"problems": []}', lambda v: isinstance(v.get("problems"), list), {"problems": []}),
+])
+def test_read_json(tmp_path, content, valid, expected):
+    path = tmp_path / "f.json"
+    if content is not None:
+        path.write_bytes(content)
+    kwargs = {"valid": valid} if valid else {}
+    assert _files.read_json(str(path), BAD, **kwargs) == expected
+
+
+def test_read_json_of_a_directory_is_bad(tmp_path):
+    assert _files.read_json(str(tmp_path), BAD) is BAD

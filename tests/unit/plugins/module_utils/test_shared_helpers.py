@@ -5,6 +5,8 @@ and the repository names outside a backup's directory."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lvm
@@ -107,3 +109,38 @@ def test_repository_names_its_own_paths(tmp_path):
     assert repo.deleting_dir("web1", "20261122T010000Z") == str(tmp_path / "web1" / ".deleting-20261122T010000Z")
     with pytest.raises(VmbackupError):
         repo.deleting_dir("web1", "../x")
+
+
+@pytest.mark.parametrize("error, what, raised, msg", [
+    (None, "image", None, None),
+    (OSError(28, "No space left on device"), "image", VmbackupError,
+     "writing {dest} on the backup node node1 failed: the repository's file system is full. Free space or "
+     "prune old backups; the partial image was removed."),
+    (OSError(28, "No space left on device"), "file", VmbackupError,
+     "writing {dest} on the backup node node1 failed: the repository's file system is full. Free space or "
+     "prune old backups; the partial file was removed."),
+    (OSError(5, "Input/output error"), "image", OSError, None),
+    (VmbackupError("qemu-img failed"), "image", VmbackupError, "qemu-img failed"),
+    (KeyboardInterrupt(), "image", KeyboardInterrupt, None),
+])
+def test_writing_part(tmp_path, error, what, raised, msg):
+    dest = str(tmp_path / "vda.qcow2")
+
+    def write():
+        with _transfer.writing_part(dest, "node1", what) as part:
+            assert part == dest + ".part"
+            with open(part, "wb") as fh:
+                fh.write(b"QFI\xfb")
+            if error is not None:
+                raise error
+            os.rename(part, dest)
+
+    if raised is None:
+        write()
+        assert os.listdir(str(tmp_path)) == ["vda.qcow2"]
+        return
+    with pytest.raises(raised) as got:
+        write()
+    assert os.listdir(str(tmp_path)) == []  # the part file is gone, whatever failed
+    if msg:
+        assert got.value.msg == msg.format(dest=dest)
