@@ -73,17 +73,21 @@ def create_private(hv, target, fmt, size):
            "creating %s (mode 0600)" % target)
 
 
+def check_backup_file(path, expected, kind="image"):
+    """VmbackupError unless the repository file ``path`` has the sha256 its manifest records."""
+    actual = _files.sha256_file(path)
+    if actual != expected:
+        raise VmbackupError(
+            "backup %s %s is damaged: its sha256 is %s, the manifest says %s. Nothing was written to "
+            "the hypervisor; restore an older backup or run verify." % (kind, path, actual, expected))
+
+
 def restore(module, runner, hv):
     p = module.params
     target = p["image"]
     transfer.refuse_insecure_restore(hv, target)
     for item in p["verify"]:
-        actual = _files.sha256_file(item["path"])
-        if actual != item["sha256"]:
-            raise VmbackupError(
-                "backup image %s is damaged: its sha256 is %s, the manifest says %s. Nothing was "
-                "written to the hypervisor; restore an older backup or run verify."
-                % (item["path"], actual, item["sha256"]))
+        check_backup_file(item["path"], item["sha256"])
     exists = hv.exists(target)
     if exists and not p["force"]:
         raise VmbackupError(

@@ -5,9 +5,10 @@
 
 Durability: a manifest may say "complete" only once every byte it names is on stable
 storage. ``fsync_file`` flushes one file's data, ``fsync_dir`` flushes a directory's
-entries (a created or renamed name is durable only once its directory is fsynced), and
+entries (a created or renamed name is durable only once its directory is fsynced),
 ``write_atomic`` writes a small file so that a reader (or a crash) sees either the old
-content or the whole new one, never a part.
+content or the whole new one, never a part, ``write_new`` creates a file that must not exist
+yet, and ``commit_part`` gives a large streamed ``.part`` file its name once it is whole.
 
 Privacy: the repository holds whole disks and the domain XML's secrets, so everything in it
 is root's alone: directories 0700, files 0600 from creation on. ``private_umask`` sets a
@@ -18,35 +19,40 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import stat
+import tempfile
 
 CHUNK = 4 * 1024 * 1024
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def fsync_file(path):
-    """Flush the data and metadata of the file at ``path`` to stable storage."""
-    fd = os.open(path, os.O_RDONLY)
+def _fsync(path, flags=0):
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path):
+    """Flush the data and metadata of the file at ``path`` to stable storage."""
+    _fsync(path)
 
 
 def fsync_dir(path):
     """Flush the entries of directory ``path`` (names created, renamed or removed in it)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, getattr(os, "O_DIRECTORY", 0))
 
 
-def write_atomic(path, data, mode=FILE_MODE):
-    """Write ``data`` (bytes) to ``path``: temp file (``mode`` from creation on), fsync, rename, fsync dir."""
-    tmp = path + ".tmp"
+def write_atomic(path, data, mode=FILE_MODE, tmp=None):
+    """Write ``data`` (bytes) to ``path``: temp file (``mode`` from creation on), fsync, rename, fsync dir.
+
+    ``tmp``: the temp file's name where ``path + ".tmp"`` would be mistaken for a real file.
+    """
+    tmp = tmp or path + ".tmp"
     unlink_quietly(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -62,13 +68,90 @@ def write_atomic(path, data, mode=FILE_MODE):
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def unlink_quietly(path):
-    """Remove ``path`` if it is there; True when something was removed."""
+def write_new(path, data, mode=FILE_MODE, uid=-1, gid=-1, sync_dir=True):
+    """Create ``path`` (FileExistsError if it is there), ``mode`` and owner from creation on,
+    write ``data`` (bytes) and fsync it; then its directory unless ``sync_dir`` is false."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits away
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if sync_dir:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def rename_durably(src, dst):
+    """Rename ``src`` to ``dst`` and fsync the directory that holds the new name."""
+    os.rename(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+
+
+def commit_part(part, dest):
+    """Name a finished streamed file: its data on stable storage first, then the rename, then its name."""
+    fsync_file(part)
+    rename_durably(part, dest)
+
+
+def unlink_quietly(path, missing_only=False):
+    """Remove ``path`` if it is there; True when something was removed.
+
+    Any failure is ignored, or with ``missing_only`` only a missing file (others are raised).
+    """
     try:
         os.unlink(path)
         return True
-    except OSError:
+    except FileNotFoundError:
         return False
+    except OSError:
+        if missing_only:
+            raise
+        return False
+
+
+def read_json(path, bad, valid=lambda value: isinstance(value, dict)):
+    """The JSON in ``path`` if ``valid`` accepts it; None when there is no such file; ``bad``
+    when it cannot be read or parsed, or ``valid`` refuses it (a crash or someone else wrote it)."""
+    try:
+        with open(path) as fh:
+            value = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return bad
+    return value if valid(value) else bad
+
+
+def write_progress(path, state):
+    """Replace the progress file ``path`` with ``state`` (JSON) by rename; never fails.
+
+    Progress is a courtesy: not fsynced, and the file keeps the umask's mode, because the
+    controller's callback (another user, perhaps) reads it while the module runs.
+    """
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(state, fh)
+        os.rename(path + ".tmp", path)
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def temp_text(text, prefix, suffix=""):
+    """A temp file (0600, mkstemp's) holding ``text`` for a command to read; removed afterwards."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        yield path
+    finally:
+        os.unlink(path)
 
 
 def sha256_file(path):

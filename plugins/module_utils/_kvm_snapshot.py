@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
@@ -41,7 +40,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import backing_path, image_chain
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import RUNNING_STATES, URI_ARGSPEC, Virsh
 
 # Any overlay of ours, both forms: its "id" group is ID (older versions) or ID.TARGET (this version);
 # overlay_id() tells them apart.
@@ -179,7 +178,7 @@ class KvmSnapshot:
     # --- discovery -----------------------------------------------------------------
     def load(self):
         self.virsh.require(self.name)
-        self.running = self.virsh.state(self.name) in ("running", "paused", "in shutdown", "pmsuspended")
+        self.running = self.virsh.state(self.name) in RUNNING_STATES
         self.domain = Domain(self.virsh.dumpxml(self.name))
         wanted = self.params["disks"]
         self.disks = []
@@ -324,13 +323,8 @@ class KvmSnapshot:
         domain = Domain(self.virsh.dumpxml(self.name, inactive=True, security_info=True))
         for target, (path, fmt) in sources.items():
             domain.disk(target).set_file_source(path, fmt)
-        fd, tmp = tempfile.mkstemp(prefix="vmbackup-", suffix=".xml")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(domain.to_xml())
+        with _files.temp_text(domain.to_xml(), "vmbackup-", ".xml") as tmp:
             self.virsh.run(["define", tmp], what="redefining VM %s with new disk sources" % self.name)
-        finally:
-            os.unlink(tmp)
 
     # --- merging ---------------------------------------------------------------------
     def _commit_active(self, target, top, base):
@@ -527,10 +521,7 @@ class KvmSnapshot:
 
 
 def _remove(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    _files.unlink_quietly(path, missing_only=True)
 
 
 def _chains_text(snap):

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import (
     Domain,
     derived_mac,
@@ -159,15 +159,10 @@ def run(module):
     if module._diff:
         result["diff"] = {"before": before, "after": domain.to_xml() if changed else before}
     if changed and not module.check_mode:
-        fd, tmp = tempfile.mkstemp(prefix="vmbackup-define-", suffix=".xml")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(domain.to_xml())
+        with _files.temp_text(domain.to_xml(), "vmbackup-define-", ".xml") as tmp:
             virsh.run(["define", tmp], what="defining VM %s" % name,
                       hint="Check the backed-up XML against this host (emulator, machine type, networks, "
                            "and that no other VM has UUID %s)." % domain.uuid)
-        finally:
-            os.unlink(tmp)
     if p["tpm_state"]:
         _restore_tpm_state(module, virsh, domain, exists and not changed, result)
     if p["autostart"] is not None and (exists or changed) and not module.check_mode:

@@ -10,10 +10,9 @@ The value never appears on a command line: it is written to a private temporary 
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
 
 ARGUMENT_SPEC = dict(
@@ -73,11 +72,5 @@ def run(module):
 
 
 def _define_from_file(virsh, content, argv, what):
-    fd, path = tempfile.mkstemp(prefix="vmbackup-secret-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(content)
+    with _files.temp_text(content, "vmbackup-secret-") as path:  # 0600: it may hold the secret's value
         virsh.run(argv + [path], what=what)
-    finally:
-        os.unlink(path)

@@ -48,6 +48,7 @@ import socket
 import time
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import makedirs_private
 
 ARGUMENT_SPEC = dict(
@@ -105,16 +106,7 @@ def playbook_process():
 
 
 def read_lock(path):
-    try:
-        with open(path) as fh:
-            lock = json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {"owner": "?", "created": 0, "corrupt": True}
-    if not isinstance(lock, dict):
-        return {"owner": "?", "created": 0, "corrupt": True}
-    return lock
+    return _files.read_json(path, {"owner": "?", "created": 0, "corrupt": True})
 
 
 def owner_alive(lock):
@@ -200,21 +192,14 @@ def guard(path, check_mode=False):
 def _create(path, content):
     """O_EXCL-create a lock file with ``content``; False if one exists (someone else's)."""
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        _files.write_new(path, json.dumps(content).encode("utf-8"), sync_dir=False)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as fh:
-        json.dump(content, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
     return True
 
 
 def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    _files.unlink_quietly(path, missing_only=True)
 
 
 def _judge(module, path, params, now, broken):
@@ -305,14 +290,7 @@ def _show_wait(params, holders, deadline, started):
     state = {"label": "lock", "done": 0, "percent": None, "elapsed": round(time.time() - started, 1),
              "message": "waiting for %s: held by %s; waiting up to %ss more (of %ss)"
                         % (what, "; ".join(describe(h) for h in holders), left, params["wait"])}
-    path = os.path.expanduser(params["progress_file"])
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as fh:
-            json.dump(state, fh)
-        os.rename(path + ".tmp", path)
-    except OSError:
-        pass  # progress is a courtesy
+    _files.write_progress(os.path.expanduser(params["progress_file"]), state)
 
 
 def _clear_wait(params):

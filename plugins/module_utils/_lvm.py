@@ -28,6 +28,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
     CommandRunner,
     VmbackupError,
 )
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._units import human_size
 
 TAG = "vmbackup"
 RESTORE_TAG = "vmbackup_restored"
@@ -75,13 +76,7 @@ VOLUME_ARGSPEC = dict(
 # --- names and sizes ---------------------------------------------------------------
 def human(num):
     """Bytes as LVM would print them (binary units), with the exact number."""
-    value = float(num)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            text = ("%d %s" % (value, unit)) if unit == "B" else ("%.2f %s" % (value, unit))
-            return "%s (%d bytes)" % (text, num)
-        value /= 1024.0
-    return "%d bytes" % num  # pragma: no cover
+    return "%s (%d bytes)" % (human_size(num, digits=2, whole_bytes=True), num)
 
 
 def round_up(value, step):

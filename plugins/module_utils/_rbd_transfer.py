@@ -63,18 +63,17 @@ def _remote_execute(hv, timeout):
     def execute(argv, what):
         full = ["timeout", "--kill-after=10", "%ds" % timeout] + list(argv)
         rc, out, err = hv.run(full, what, check_rc=False)
-        if rc == 255 and hv.transport == "ssh":
-            raise VmbackupError(transfer.ssh_failure_message(hv, err), rc=rc, stderr=err)
+        lost = transfer.ssh_link_error(hv, rc, err, rc=rc, stderr=err)
+        if lost:
+            raise lost
         return rc, out, err
     return execute
 
 
-_unlink = _files.unlink_quietly
-
-
 def _stream_failure(hv, rbd, image, what, argv, rc, err):
-    if rc == 255 and hv.transport == "ssh":
-        return VmbackupError(transfer.ssh_failure_message(hv, err), cmd=argv, rc=rc, stderr=err)
+    lost = transfer.ssh_link_error(hv, rc, err, cmd=argv, rc=rc, stderr=err)
+    if lost:
+        return lost
     return rbdlib.rbd_error(image, "%s on hypervisor %s" % (what, hv.label), argv, rc, "", err,
                             rbd.params, rbd.host)
 
@@ -127,11 +126,10 @@ def backup(module, runner, hv, rbd):
         args += ["--from-snap", from_snap]
     args += ["%s@%s" % (image, name), "-"]
     argv = hv.command_argv(rbd.argv(*args))
-    part = dest + ".part"
     start = time.time()
     sent = 0
     digest = hashlib.sha256()
-    try:
+    with transfer.writing_part(dest, runner.host, "file") as part:
         # 0600 from creation on: the repository is root's alone.
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _files.FILE_MODE)
         with tempfile.TemporaryFile() as errf, os.fdopen(fd, "wb") as out:
@@ -164,18 +162,7 @@ def backup(module, runner, hv, rbd):
             raise VmbackupError(
                 "the stream of rbd export-diff of %s from hypervisor %s goes from %s to %s, expected %s to %s; "
                 "nothing was kept" % (image, hv.label, info["from_snap"], info["to_snap"], from_snap, name))
-        os.rename(part, dest)
-        _files.fsync_dir(directory)
-    except OSError as exc:
-        _unlink(part)
-        if exc.errno == 28:
-            raise VmbackupError("writing %s on the backup node %s failed: the repository's file system is "
-                                "full. Free space or prune old backups; the partial file was removed."
-                                % (dest, runner.host))
-        raise
-    except BaseException:
-        _unlink(part)
-        raise
+        _files.commit_part(part, dest)
     return {
         "changed": True, "file": dest, "image": image, "snapshot": name, "mode": mode,
         "from_snapshot": from_snap, "fallback_reason": reason,
@@ -199,11 +186,7 @@ def verify_chain(chain):
         if not os.path.isfile(path):
             raise VmbackupError("backup file %s of the chain is missing on the backup node; nothing was written"
                                 % path)
-        actual = _files.sha256_file(path)
-        if actual != expected:
-            raise VmbackupError(
-                "backup file %s is damaged: its sha256 is %s, the manifest says %s. Nothing was written to "
-                "the hypervisor; restore an older backup or run verify." % (path, actual, expected))
+        disk_transfer.check_backup_file(path, expected, "file")
         paths.append(path)
     infos = []
     for path in paths:
@@ -357,7 +340,7 @@ def restore_file(module, runner, hv, rbd, paths, infos):
     finally:
         if fd is not None:
             os.close(fd)
-        _unlink(tmp)
+        _files.unlink_quietly(tmp)
     return {"changed": True, "target": target, "created": created, "size": size, "bytes_sent": written,
             "duration": round(time.time() - start, 3)}
 

@@ -13,6 +13,8 @@ Layout::
                                        backup (and every backup that builds on it) is then
                                        never offered for restore nor used as a parent
     REPO/VM/.partial-BACKUP_ID/       a backup being written; never listed, never a parent
+    REPO/VM/.deleting-BACKUP_ID/      a backup being pruned: made invisible first, then deleted
+    REPO/.locks/VM.lock               the VM's lock (_lock), held by the run that backs it up
 
 Backup IDs are UTC times (20261122T013000Z), so they sort by time.
 
@@ -44,6 +46,8 @@ MANIFEST = "manifest.json"
 DAMAGED = "damaged.json"
 FORMAT_VERSION = 1
 PARTIAL_PREFIX = ".partial-"
+DELETING_PREFIX = ".deleting-"
+LOCK_DIR = ".locks"
 ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?\Z")
 NAME_RE = re.compile(r"^[^/\x00]+\Z")
 # A file named by a manifest: one path component, no leading dot or dash.
@@ -64,6 +68,11 @@ def check_id(backup_id, what="backup ID"):
         raise VmbackupError("invalid %s %r: a backup ID looks like 20261122T013000Z (or with a -N suffix); "
                             "nothing was read or written" % (what, backup_id))
     return backup_id
+
+
+def entry_id(entry):
+    """The backup ID a VM directory's entry names: ``ID`` or ``.partial-ID`` (unchecked)."""
+    return entry[len(PARTIAL_PREFIX):] if entry.startswith(PARTIAL_PREFIX) else entry
 
 
 def check_file_name(name, what):
@@ -193,9 +202,13 @@ class Repository:
     def partial_dir(self, vm, backup_id):
         return os.path.join(self.vm_dir(vm), PARTIAL_PREFIX + check_id(backup_id))
 
+    def deleting_dir(self, vm, backup_id):
+        """Where a backup being removed goes first (invisible at once, deleted after)."""
+        return os.path.join(self.vm_dir(vm), DELETING_PREFIX + check_id(backup_id))
+
     def lock_path(self, vm):
         """The VM's lock in this repository (held by the run that backs it up)."""
-        return os.path.join(self.path, ".locks", os.path.basename(self.vm_dir(vm)) + ".lock")
+        return os.path.join(self.path, LOCK_DIR, os.path.basename(self.vm_dir(vm)) + ".lock")
 
     # --- reading ----------------------------------------------------------------
     def vms(self):
@@ -293,16 +306,8 @@ class Repository:
     def damage(self, vm, backup_id):
         """The verify findings that mark a backup damaged, or None."""
         path = os.path.join(self.backup_dir(vm, backup_id), DAMAGED)
-        try:
-            with open(path) as fh:
-                found = json.load(fh)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"problems": ["%s is unreadable" % path]}
-        if not isinstance(found, dict) or not isinstance(found.get("problems"), list):
-            return {"problems": ["%s is unreadable" % path]}
-        return found
+        return _files.read_json(path, {"problems": ["%s is unreadable" % path]},
+                                valid=lambda found: isinstance(found, dict) and isinstance(found.get("problems"), list))
 
     def backup_ids(self, vm):
         """The IDs of a VM's backup directories (names that are not backup IDs are no backups)."""
@@ -483,8 +488,7 @@ class Repository:
         _files.write_atomic(os.path.join(partial, MANIFEST),
                             (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
         final = self.backup_dir(vm, backup_id)
-        os.rename(partial, final)
-        _files.fsync_dir(self.vm_dir(vm))
+        _files.rename_durably(partial, final)  # fsyncs the VM's directory
         _files.fsync_dir(self.path)
         return final
 

@@ -38,7 +38,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import C
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _rbd as rbdlib
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _restore_targets as targets
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._files import fsync_dir
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._files import fsync_dir, rename_durably, write_new
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
 
 RESTORE_TAG = "vmbackup_restored"
@@ -267,8 +267,7 @@ def _rename(host, kind, src, dst):
         if os.path.lexists(dst):
             raise VmbackupError("cannot rename %s to %s on host %s: %s exists" % (src, dst, host.name, dst))
         try:
-            os.rename(src, dst)
-            fsync_dir(os.path.dirname(dst) or "/")
+            rename_durably(src, dst)
         except OSError as exc:
             raise VmbackupError("renaming %s to %s on host %s failed: %s" % (src, dst, host.name, exc))
     elif kind == "rbd":
@@ -410,18 +409,8 @@ def write_file(module, path, content, owner, group):
     if os.path.lexists(path):
         raise VmbackupError("%s already exists on host %s; nothing was written" % (path, module.params.get("vm")))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        uid, gid = ids(owner, group)
-        os.fchown(fd, uid, gid)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(os.path.dirname(path))
+    uid, gid = ids(owner, group)
+    write_new(path, data, 0o600, uid, gid)
     return len(data)
 
 

@@ -40,15 +40,16 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
+    DELETING_PREFIX,
     ID_RE,
     PARTIAL_PREFIX,
     ManifestError,
     Repository,
     parse_time,
+    entry_id,
     qcow2_backing,
 )
 
-DELETING_PREFIX = ".deleting-"
 BUCKETS = (
     ("daily", lambda t: t.strftime("%Y-%m-%d")),
     ("weekly", lambda t: "%04d-W%02d" % t.isocalendar()[:2]),
@@ -294,10 +295,8 @@ def stale_dirs(repo, vm, max_age, now_ts):
 
 def remove_backup(repo, vm, backup_id):
     """Remove one backup: first make it invisible at once (rename), then delete its files."""
-    final = repo.backup_dir(vm, backup_id)
-    gone = os.path.join(repo.vm_dir(vm), DELETING_PREFIX + backup_id)
-    os.rename(final, gone)
-    _files.fsync_dir(repo.vm_dir(vm))  # gone for good before any of its files is
+    gone = repo.deleting_dir(vm, backup_id)
+    _files.rename_durably(repo.backup_dir(vm, backup_id), gone)  # gone for good before any of its files is
     shutil.rmtree(gone)
 
 
@@ -417,16 +416,12 @@ def prune(module):
 # --------------------------------------------------------------------------
 # synthetic full
 
-def _sha256(path):
-    return _files.sha256_file(path)
-
-
 def _next_id(repo, vm, backup_id):
     base = point_of(backup_id)
     taken = set(os.listdir(repo.vm_dir(vm)))
     n = 1
     for entry in taken:
-        name = entry[len(PARTIAL_PREFIX):] if entry.startswith(PARTIAL_PREFIX) else entry
+        name = entry_id(entry)
         if point_of(name) == base and "-" in name:
             try:
                 n = max(n, int(name.split("-", 1)[1]) + 1)
@@ -477,7 +472,7 @@ def _synthesize(module, repo, vm):
             ldir = repo.backup_dir(vm, link["backup_id"])
             for disk in link.get("disks", []):
                 path = os.path.join(ldir, disk["file"])
-                if disk.get("sha256") and _sha256(path) != disk["sha256"]:
+                if disk.get("sha256") and _files.sha256_file(path) != disk["sha256"]:
                     raise VmbackupError("backup image %s is damaged: its sha256 differs from the manifest's; "
                                         "no synthetic full was made" % path)
     runner = CommandRunner(module)
@@ -498,10 +493,9 @@ def _synthesize(module, repo, vm):
                            what="merging the chain of disk %s of backup %s" % (disk["target"], sid))
             runner.run(["qemu-img", "check", "-q", "-f", "qcow2", dest + ".part"],
                        what="checking the synthetic full image of disk %s" % disk["target"])
-            _files.fsync_file(dest + ".part")
-            os.rename(dest + ".part", dest)
+            _files.commit_part(dest + ".part", dest)
             stat = os.stat(dest)
-            disks.append(dict(disk, mode="full", sha256=_sha256(dest), bytes_sent=0,
+            disks.append(dict(disk, mode="full", sha256=_files.sha256_file(dest), bytes_sent=0,
                               stored_bytes=stat.st_blocks * 512, duration=round(time.time() - t0, 3)))
         # The domain XML and NVRAM go in through commit, which writes them 0600 and fsynced.
         extra = {}

@@ -17,11 +17,11 @@ need no owner of their own beyond root; they are written 0600 in a 0700 director
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 
 SWTPM_DIR = "/var/lib/libvirt/swtpm"
 # swtpm's state files: tpm2-00.permall, tpm2-00.volatilestate, tpm-00.permall ...; never the
@@ -94,7 +94,7 @@ def plan_writes(directory, files, vm):
         path = os.path.join(directory, name)
         try:
             with open(path, "rb") as fh:
-                if hashlib.sha256(fh.read()).digest() == hashlib.sha256(data).digest():
+                if fh.read() == data:  # state files are small: compare the bytes themselves
                     continue
         except FileNotFoundError:
             pass
@@ -110,25 +110,9 @@ def write_state(directory, writes, removals=()):
         if not os.path.isdir(path):
             os.mkdir(path, mode)
     for name, data in writes.items():
-        tmp = os.path.join(directory, ".%s.vmbackup-tmp" % name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, os.path.join(directory, name))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        # A hidden temp name: "NAME.tmp" would pass for a state file (STATE_FILE_RE) after a crash.
+        _files.write_atomic(os.path.join(directory, name), data, tmp=os.path.join(directory, ".%s.vmbackup-tmp" % name))
     for name in removals:
         os.unlink(os.path.join(directory, name))
     for path in (directory, parent):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _files.fsync_dir(path)

@@ -18,6 +18,8 @@ SSH always checks host keys strictly against the given known_hosts file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import secrets
@@ -149,13 +151,26 @@ class Hypervisor:
             return self.runner.run(full, what="%s on hypervisor %s" % (what, self.label),
                                    check_rc=check_rc, data=data)
         except CommandError as exc:
-            if exc.rc == 255 and self.transport == "ssh":
-                raise VmbackupError(ssh_failure_message(self, exc.stderr), cmd=exc.argv, rc=exc.rc, stderr=exc.stderr)
+            lost = ssh_link_error(self, exc.rc, exc.stderr, cmd=exc.argv, rc=exc.rc, stderr=exc.stderr)
+            if lost:
+                raise lost
             raise
 
     def exists(self, path):
         rc, _out, _err = self.run(["test", "-e", path], "checking %s" % path, check_rc=False)
         return rc == 0
+
+
+def ssh_link_error(hv, returncode, err, doing=None, remedy=None, **details):
+    """The error to raise when a command run over ssh ended with ``returncode`` 255, else None.
+
+    ssh exits 255 for its own failures (unreachable, host key, authentication, a lost
+    connection), so a 255 through it says the SSH link failed, not the command. ``details``
+    go to the error as they are (cmd, rc, stderr).
+    """
+    if returncode != 255 or hv.transport != "ssh":
+        return None
+    return VmbackupError(ssh_failure_message(hv, err, doing=doing, remedy=remedy), **details)
 
 
 def ssh_failure_message(hv, stderr, doing=None, remedy=None):
@@ -437,8 +452,9 @@ class NbdExport:
             elif self.proc.poll() is not None:
                 break
         err = self._stop()
-        if self.remote and self.proc.returncode == 255:
-            raise VmbackupError(ssh_failure_message(self.hv, err))
+        lost = ssh_link_error(self.hv, self.proc.returncode, err)
+        if lost:
+            raise lost
         raise VmbackupError(
             "could not serve %s (%s) with qemu-nbd on hypervisor %s: %s. Check that qemu-nbd "
             "(Debian: qemu-utils, RHEL: qemu-img) and python3 are installed there, that the image exists%s."
@@ -478,18 +494,19 @@ class NbdExport:
     def __exit__(self, exc_type, exc, _tb):
         failed = exc_type is not None
         self._stop(done=not failed)
-        lost = self.remote and self.proc is not None and self.proc.returncode == 255
         tool = ""
         if isinstance(exc, CommandError):
             tool = " (%s, rc=%s)" % (" ".join([os.path.basename(str(exc.argv[0]))] + [str(a) for a in exc.argv[1:2]]), exc.rc)
+        # One message for the lost connection, not qemu-img's dozen I/O errors.
+        remedy = ("The target is incomplete: check the network and the hypervisor, then run the restore "
+                  "again (force=true writes it again)." if self.writable else
+                  "Nothing of this transfer is kept: check the network and the hypervisor, then run the "
+                  "backup again.")
+        lost = ssh_link_error(self.hv, self.proc.returncode if self.proc is not None else None, self.err,
+                              doing=self._doing() + tool, remedy=remedy,
+                              cmd=getattr(exc, "argv", None), rc=255, stderr=self.err.strip())
         if lost:
-            # One message for the lost connection, not qemu-img's dozen I/O errors.
-            remedy = ("The target is incomplete: check the network and the hypervisor, then run the restore "
-                      "again (force=true writes it again)." if self.writable else
-                      "Nothing of this transfer is kept: check the network and the hypervisor, then run the "
-                      "backup again.")
-            raise VmbackupError(ssh_failure_message(self.hv, self.err, doing=self._doing() + tool, remedy=remedy),
-                                cmd=getattr(exc, "argv", None), rc=255, stderr=self.err.strip())
+            raise lost
         if failed and self.tls and isinstance(exc, CommandError) and "TLS" in (exc.stderr or ""):
             first = [ln for ln in exc.stderr.splitlines() if "TLS" in ln][0].strip()
             raise VmbackupError(
@@ -558,20 +575,11 @@ class Progress:
         state = {"label": self.label, "done": done, "percent": percent, "elapsed": round(elapsed, 1),
                  "rate": int(done / elapsed) if done else 0,
                  "eta": round(elapsed * (100.0 - percent) / percent, 1) if percent else None}
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(self.path + ".tmp", "w") as fh:
-                json.dump(state, fh)
-            os.rename(self.path + ".tmp", self.path)
-        except OSError:
-            pass  # progress is a courtesy; never fail a transfer for it
+        _files.write_progress(self.path, state)  # never fails a transfer
 
     def close(self):
         if self.path:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            _files.unlink_quietly(self.path)
 
 
 def _run_with_progress(runner, argv, progress):
@@ -626,21 +634,30 @@ def convert(runner, argv, what, hint, progress=None):
         raise
 
 
+@contextlib.contextmanager
+def writing_part(dest, host, what="image"):
+    """``dest + ".part"``, for the block that writes it: removed if the block fails, and a full
+    file system (ENOSPC) said so in one message."""
+    part = dest + ".part"
+    try:
+        yield part
+    except BaseException as exc:
+        _files.unlink_quietly(part)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise VmbackupError("writing %s on the backup node %s failed: the repository's file system is "
+                                "full. Free space or prune old backups; the partial %s was removed." % (dest, host, what))
+        raise
+
+
 def pull_full(runner, hv, image, fmt, dest, progress_file=None):
     """Copy the guest-visible content of ``image`` into a new qcow2 ``dest``."""
-    part = dest + ".part"
-    progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest), watch=part)
     out = ["-O", "qcow2", "-o", "compat=1.1", "-m", "8", "-W"]
     what = "copying %s from hypervisor %s" % (image, hv.label)
-    try:
+    progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest), watch=dest + ".part")
+    with writing_part(dest, runner.host) as part, contextlib.closing(progress):
         with _files.private_umask():  # qemu-img creates the image 0600
             _pull_full(runner, hv, image, fmt, part, out, what, progress)
         _finish(part, dest)
-    except Exception:
-        _unlink(part)
-        raise
-    finally:
-        progress.close()
     return {"mode": "full", "bytes_sent": data_bytes(runner, dest)}
 
 
@@ -661,9 +678,8 @@ def _pull_full(runner, hv, image, fmt, part, out, what, progress):
 
 def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
     """Stream the frozen overlay ``image`` and rebase it onto ``parent_image`` (in the repository)."""
-    part = dest + ".part"
     progress = Progress(progress_file, "%s:%s -> %s" % (hv.label, image, dest))
-    try:
+    with writing_part(dest, runner.host) as part, contextlib.closing(progress):
         if hv.transport == "ssh" and hv.channel in ("tls", "insecure-tcp"):
             # The overlay file's bytes, served raw over the TCP data channel.
             with NbdExport(hv, image, "raw") as nbd, _files.private_umask():
@@ -678,8 +694,9 @@ def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
             _copy_stream(proc.stdout, part, progress)
             err = proc.stderr.read().decode("utf-8", "replace")
             if proc.wait() != 0:
-                if proc.returncode == 255:
-                    raise VmbackupError(ssh_failure_message(hv, err))
+                lost = ssh_link_error(hv, proc.returncode, err)
+                if lost:
+                    raise lost
                 raise VmbackupError("reading %s on hypervisor %s failed (rc=%s): %s"
                                     % (image, hv.label, proc.returncode, err.strip()))
         sent = os.path.getsize(part)
@@ -691,26 +708,13 @@ def pull_delta(runner, hv, image, dest, parent_image, progress_file=None):
                    what="checking the delta of %s" % image,
                    hint="The overlay read from the hypervisor is not a valid qcow2; run a full backup.")
         _finish(part, dest)
-    except OSError as exc:
-        _unlink(part)
-        if exc.errno == 28:
-            raise VmbackupError("writing %s on the backup node %s failed: the repository's file system is "
-                                "full. Free space or prune old backups; the partial image was removed." % (dest, runner.host))
-        raise
-    except Exception:
-        _unlink(part)
-        raise
-    finally:
-        progress.close()
     return {"mode": "delta", "bytes_sent": sent}
 
 
 def _finish(part, dest):
     """Make a finished image durable and private, then give it its name (and fsync that name)."""
     _files.make_private(part, _files.FILE_MODE)
-    _files.fsync_file(part)
-    os.rename(part, dest)
-    _files.fsync_dir(os.path.dirname(os.path.abspath(dest)))
+    _files.commit_part(part, dest)
 
 
 def _copy_stream(src, path, progress):
@@ -793,7 +797,3 @@ def data_bytes(runner, path):
     _rc, out, _err = runner.run(["qemu-img", "map", "--output=json", "-f", "qcow2", path],
                                 what="mapping %s" % path)
     return sum(e["length"] for e in json.loads(out) if e.get("data") and e.get("depth", 0) == 0)
-
-
-def _unlink(path):
-    _files.unlink_quietly(path)

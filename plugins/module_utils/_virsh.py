@@ -19,6 +19,9 @@ DEFAULT_URI = "qemu:///system"
 
 URI_ARGSPEC = dict(uri=dict(type="str", default=DEFAULT_URI))
 
+# Domain states (virsh domstate) in which a QEMU process holds the VM's disks open.
+RUNNING_STATES = ("running", "paused", "in shutdown", "pmsuspended")
+
 
 class DomainNotFound(VmbackupError):
     pass

@@ -9,7 +9,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import C
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import image_chain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._tpm import describe as describe_tpm
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import RUNNING_STATES, URI_ARGSPEC, Virsh
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str"),
@@ -26,7 +26,7 @@ def describe_vm(virsh, name, agent_timeout=5, include_xml=False):
     virsh.require(name)
     info = virsh.dominfo(name)
     state = virsh.state(name)
-    running = state in ("running", "paused", "in shutdown", "pmsuspended")
+    running = state in RUNNING_STATES
     domain = Domain(virsh.dumpxml(name), what="VM %s on host %s" % (name, virsh.runner.host))
     disks = []
     for disk in domain.disks:
@@ -77,7 +77,7 @@ def summarize_vm(virsh, name):
     return {
         "name": name,
         "state": state,
-        "running": state in ("running", "paused", "in shutdown", "pmsuspended"),
+        "running": state in RUNNING_STATES,
         "metadata": Domain(virsh.dumpxml(name), what="VM %s on host %s" % (name, virsh.runner.host)).all_metadata(),
     }
 

@@ -19,6 +19,8 @@ import time
 
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._units import human_size
+
 DEFAULT_INTERVAL = 5.0
 # The async job's time limit when the task sets none: longer than any transfer, so the limit
 # never cuts a backup; the job still ends with its module.
@@ -33,23 +35,14 @@ RUNNING_KEYS = ("started", "finished", "ansible_job_id", "results_file")
 ASYNC_KEYS = ("ansible_job_id", "finished", "results_file", "_ansible_suppress_tmpdir_delete")
 
 
-def human(n):
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return "%.1f %s" % (n, unit)
-        n /= 1024
-    return "%.1f TiB" % n  # pragma: no cover
-
-
 def describe(state):
     if state.get("message"):
         return state["message"]
-    parts = ["%s done" % human(state.get("done"))]
+    parts = ["%s done" % human_size(state.get("done"))]
     if state.get("percent") is not None:
         parts.append("%.0f%%" % state["percent"])
     if state.get("rate"):
-        parts.append("%s/s" % human(state["rate"]))
+        parts.append("%s/s" % human_size(state["rate"]))
     if state.get("eta") is not None:
         parts.append("about %ds left" % state["eta"])
     return "%s: %s" % (state.get("label", "?"), ", ".join(parts))

@@ -97,6 +97,96 @@ def test_unlink_quietly(tmp_path, exists, expected):
     assert not path.exists()
 
 
+def test_write_atomic_with_its_own_temp_name(tmp_path, events):
+    path, tmp = str(tmp_path / "tpm2-00.permall"), str(tmp_path / ".tpm2-00.permall.vmbackup-tmp")
+    _files.write_atomic(path, b"new", tmp=tmp)
+    assert os.listdir(str(tmp_path)) == ["tpm2-00.permall"] and mode_of(path) == 0o600
+    assert events == [("fsync", tmp), ("rename", tmp, path), ("fsync", str(tmp_path))]
+
+
+@pytest.mark.parametrize("mode, sync_dir, expected_fsyncs", [
+    (0o600, True, ["f", "."]),
+    (0o600, False, ["f"]),
+    (0o640, True, ["f", "."]),
+])
+def test_write_new(tmp_path, events, loose_umask, mode, sync_dir, expected_fsyncs):
+    path = str(tmp_path / "f")
+    _files.write_new(path, b"x" * 70000, mode, os.getuid(), os.getgid(), sync_dir=sync_dir)
+    with open(path, "rb") as fh:
+        assert fh.read() == b"x" * 70000
+    assert mode_of(path) == mode and os.stat(path).st_uid == os.getuid()
+    assert events == [("fsync", os.path.normpath(os.path.join(str(tmp_path), n))) for n in expected_fsyncs]
+    with pytest.raises(FileExistsError):  # never replaces what is there
+        _files.write_new(path, b"other")
+    with open(path, "rb") as fh:
+        assert fh.read() == b"x" * 70000
+
+
+def test_write_new_mode_holds_under_a_tight_umask(tmp_path):
+    old = os.umask(0o277)
+    try:
+        _files.write_new(str(tmp_path / "lock"), b"{}")
+    finally:
+        os.umask(old)
+    assert mode_of(str(tmp_path / "lock")) == 0o600
+
+
+def test_commit_part_flushes_the_data_then_names_it_then_the_name(tmp_path, events):
+    part, dest = str(tmp_path / "vda.qcow2.part"), str(tmp_path / "vda.qcow2")
+    with open(part, "wb") as fh:
+        fh.write(b"QFI\xfb")
+    _files.commit_part(part, dest)
+    assert events == [("fsync", part), ("rename", part, dest), ("fsync", str(tmp_path))]
+    assert os.listdir(str(tmp_path)) == ["vda.qcow2"]
+
+
+def test_rename_durably_fsyncs_the_new_names_directory(tmp_path, events):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"")
+    _files.rename_durably(str(tmp_path / "a" / "f"), str(tmp_path / "b" / "g"))
+    assert events == [("rename", str(tmp_path / "a" / "f"), str(tmp_path / "b" / "g")), ("fsync", str(tmp_path / "b"))]
+
+
+@pytest.mark.parametrize("missing_only, raises", [(False, False), (True, True)])
+def test_unlink_quietly_other_failures(tmp_path, missing_only, raises):
+    """A directory cannot be unlinked: ignored, or with missing_only raised (only 'missing' is quiet)."""
+    (tmp_path / "d").mkdir()
+    if raises:
+        with pytest.raises(OSError):
+            _files.unlink_quietly(str(tmp_path / "d"), missing_only=missing_only)
+    else:
+        assert _files.unlink_quietly(str(tmp_path / "d"), missing_only=missing_only) is False
+    assert _files.unlink_quietly(str(tmp_path / "gone"), missing_only=missing_only) is False
+    assert (tmp_path / "d").is_dir()
+
+
+def test_write_progress_replaces_whole_unflushed_and_never_fails(tmp_path, events, loose_umask):
+    path = str(tmp_path / "progress" / "t.json")
+    _files.write_progress(path, {"done": 1})
+    _files.write_progress(path, {"done": 2})
+    with open(path) as fh:
+        assert json.load(fh) == {"done": 2}
+    # A courtesy: no fsync, and readable as the umask allows (the callback may be another user).
+    assert [e for e in events if e[0] == "fsync"] == [] and mode_of(path) == 0o644
+    assert os.listdir(os.path.dirname(path)) == ["t.json"]
+    (tmp_path / "file").write_bytes(b"")
+    _files.write_progress(str(tmp_path / "file" / "t.json"), {"done": 3})  # its directory cannot be made
+
+
+def test_temp_text_is_private_and_removed(tmp_path):
+    with _files.temp_text("<domain/>", "vmbackup-", ".xml") as path:
+        assert os.path.basename(path).startswith("vmbackup-") and path.endswith(".xml")
+        assert mode_of(path) == 0o600
+        with open(path) as fh:
+            assert fh.read() == "<domain/>"
+    assert not os.path.exists(path)
+    with pytest.raises(RuntimeError):
+        with _files.temp_text("secret", "vmbackup-secret-") as path:
+            raise RuntimeError("virsh failed")
+    assert not os.path.exists(path)
+
+
 @pytest.mark.parametrize("size", [0, 1, _files.CHUNK, _files.CHUNK + 7])
 def test_sha256_file(tmp_path, size):
     data = os.urandom(size)
@@ -293,3 +383,28 @@ def test_pull_delta_flushes_the_rebased_header_before_naming_it(tmp_path, events
     rename = events.index(("rename", dest + ".part", dest))
     assert len(part_fsyncs) == 2 and part_fsyncs[-1] < rename
     assert events[rename + 1:] == [("fsync", os.path.dirname(dest))]
+
+
+BAD = {"corrupt": True}
+
+
+@pytest.mark.parametrize("content, valid, expected", [
+    (None, None, None),                       # no file: None, never BAD
+    (b'{"owner": "a"}', None, {"owner": "a"}),
+    (b"null", None, BAD),                     # JSON, but not a dict: not to be taken for "missing"
+    (b"[1]", None, BAD),
+    (b'{"own', None, BAD),                    # cut short by a crash
+    (b"\xff\xfe", None, BAD),
+    (b'{"problems": 1}', lambda v: isinstance(v.get("problems"), list), BAD),
+    (b'{"problems": []}', lambda v: isinstance(v.get("problems"), list), {"problems": []}),
+])
+def test_read_json(tmp_path, content, valid, expected):
+    path = tmp_path / "f.json"
+    if content is not None:
+        path.write_bytes(content)
+    kwargs = {"valid": valid} if valid else {}
+    assert _files.read_json(str(path), BAD, **kwargs) == expected
+
+
+def test_read_json_of_a_directory_is_bad(tmp_path):
+    assert _files.read_json(str(tmp_path), BAD) is BAD
