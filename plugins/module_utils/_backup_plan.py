@@ -30,9 +30,6 @@ from __future__ import annotations
 
 BACKENDS = ("file", "block", "rbd")
 LVM_REASON = "LVM volumes are copied whole (no changed-block source for them yet)"
-
-
-BACKUP_TYPES = ("auto", "full", "incremental")  # the role's choices; auto and incremental decide alike
 # The role's vmbackup_unsupported_disks and vmbackup_shareable_disks, first the default.
 DISK_POLICIES = {"unsupported": ("fail", "skip"), "shareable": ("skip", "fail")}
 
@@ -64,6 +61,9 @@ def disk_plan(disks, unsupported="fail", shareable="skip"):
             skipped.append(entry)
             warnings.append("disk %s was not backed up: %s" % (entry["target"], entry["reason"]))
     return {"blocking": blocking, "skipped": skipped, "warnings": warnings}
+
+
+BACKUP_TYPES = ("auto", "full", "incremental")  # the role's choices; auto and incremental decide alike
 
 
 def _check_type(backup_type):
