@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_plan import disk_plan as backup_disk_plan
+
 DOCUMENTATION = r"""
 name: backup_disk_plan
 short_description: Decide which disks of a VM a backup leaves out, which it refuses, and what it warns about
@@ -48,30 +50,6 @@ _value:
   description: C(blocking) and C(skipped) (lists of C(target), C(reason)) and C(warnings) (strings).
   type: dict
 """
-
-CHOICES = {"unsupported": ("fail", "skip"), "shareable": ("skip", "fail")}
-
-
-def backup_disk_plan(disks, unsupported="fail", shareable="skip"):
-    for name, value in (("unsupported", unsupported), ("shareable", shareable)):
-        if value not in CHOICES[name]:
-            raise ValueError("backup_disk_plan: %s must be one of %s, not %r" % (name, ", ".join(CHOICES[name]), value))
-    blocking, skipped, warnings = [], [], []
-    for disk in disks:
-        if disk.get("supported"):
-            continue
-        entry = {"target": disk.get("target"), "reason": disk.get("skip_reason") or "not supported"}
-        if disk.get("device") in ("cdrom", "floppy") or disk.get("readonly"):
-            skipped.append(entry)
-            continue
-        policy, setting = ((shareable, "vmbackup_shareable_disks") if disk.get("shareable")
-                           else (unsupported, "vmbackup_unsupported_disks"))
-        if policy == "fail":
-            blocking.append(dict(entry, hint="set %s=skip to back up the other disks without it" % setting))
-        else:
-            skipped.append(entry)
-            warnings.append("disk %s was not backed up: %s" % (entry["target"], entry["reason"]))
-    return {"blocking": blocking, "skipped": skipped, "warnings": warnings}
 
 
 class FilterModule:

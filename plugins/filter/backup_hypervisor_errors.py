@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_run import hypervisor_errors as backup_hypervisor_errors
+
 DOCUMENTATION = r"""
 name: backup_hypervisor_errors
 short_description: The hypervisors a backup run could not search, each with its message
@@ -38,18 +40,6 @@ _value:
   description: Hypervisor name to message, for each hypervisor that could not be searched; empty when all were.
   type: dict
 """
-
-
-def backup_hypervisor_errors(hypervisors, hostvars):
-    errors = {}
-    for hv in hypervisors:
-        found = hostvars[hv]
-        if "_vmbackup_search_error" in found:
-            errors[hv] = found["_vmbackup_search_error"]
-        elif "_vmbackup_here" not in found:
-            errors[hv] = ("hypervisor %s stopped before its VMs were listed; no VM on it was backed up. "
-                          "See the task that failed for %s above." % (hv, hv))
-    return errors
 
 
 class FilterModule:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_run import jobs_in_order as backup_jobs
+
 DOCUMENTATION = r"""
 name: backup_jobs
 short_description: Order the VMs of a backup run for parallel hosts
@@ -33,16 +35,6 @@ _value:
   type: list
   elements: dict
 """
-
-
-def backup_jobs(vms_by_hypervisor):
-    queues = [(hypervisor, list(vms or [])) for hypervisor, vms in vms_by_hypervisor.items()]
-    jobs = []
-    rank = 0
-    while any(rank < len(vms) for _h, vms in queues):
-        jobs += [{"hypervisor": h, "vm": vms[rank]} for h, vms in queues if rank < len(vms)]
-        rank += 1
-    return jobs
 
 
 class FilterModule:

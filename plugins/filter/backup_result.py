@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_plan import repaired, result_cleanup, result_failed, result_ok
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_plan import record as backup_result
 
 DOCUMENTATION = r"""
 name: backup_result
@@ -51,18 +51,6 @@ _value:
   description: The VM's record (a list for O(result=repaired)).
   type: raw
 """
-
-
-def backup_result(run, result="ok"):
-    if result == "ok":
-        return result_ok(run)
-    if result == "failed":
-        return result_failed(run)
-    if result == "cleanup":
-        return result_cleanup(run)
-    if result == "repaired":
-        return repaired(**run)
-    raise ValueError("backup_result: result must be ok, failed, cleanup or repaired, not %r" % (result,))
 
 
 class FilterModule:

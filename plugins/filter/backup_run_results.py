@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_run import run_results as backup_run_results
+
 DOCUMENTATION = r"""
 name: backup_run_results
 short_description: Gather the results of a parallel backup run
@@ -59,41 +61,6 @@ _value:
   type: list
   elements: dict
 """
-
-
-def _missing(requested, hostvars, hypervisors, unsearched):
-    searched = [hv for hv in hypervisors if hv not in unsearched]
-    found = set()
-    for hv in searched:
-        found.update(hostvars[hv]["_vmbackup_here"] if "_vmbackup_here" in hostvars[hv] else [])
-    for vm in requested:
-        if vm in found:
-            continue
-        if unsearched:
-            error = ("VM %s was not found on the hypervisors that were searched (%s); it may be on %s, which could not "
-                     "be searched; nothing was backed up for it. Make %s answer (see its error) and run the backup again."
-                     % (vm, ", ".join(searched) or "none", ", ".join(unsearched), ", ".join(unsearched)))
-        else:
-            error = ("VM %s was not found on any hypervisor (searched: %s); nothing was backed up for it. "
-                     "Check the name with 'virsh list --all', and that its hypervisor is in the inventory."
-                     % (vm, ", ".join(searched) or "none"))
-        yield {"vm": vm, "hypervisor": "none", "result": "failed", "error": error}
-
-
-def backup_run_results(jobs, hostvars, requested=None, hypervisors=None, unsearched=None):
-    results = []
-    for host in jobs:
-        found = hostvars[host]
-        recorded = found["_backup_results"] if "_backup_results" in found else []
-        if recorded:
-            results.extend(recorded)
-            continue
-        job = found["_vmbackup_job"]
-        results.append({"vm": job["vm"], "hypervisor": job["hypervisor"], "result": "failed",
-                        "error": "the backup of VM %s on %s stopped before it recorded a result; see the task that "
-                                 "failed for host %s above" % (job["vm"], job["hypervisor"], host)})
-    results.extend(_missing(requested or [], hostvars, hypervisors or [], unsearched or {}))
-    return results
 
 
 class FilterModule:

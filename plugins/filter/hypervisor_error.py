@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-import re
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_run import hypervisor_error
 
 DOCUMENTATION = r"""
 name: hypervisor_error
@@ -51,29 +51,6 @@ _value:
   description: The message.
   type: str
 """
-
-
-def _clean(text):
-    # ansible-core 2.19 puts "Task failed: " before a connection error's own text.
-    return re.sub(r"^Task failed:\s*", "", str(text or "").strip()).rstrip(".")
-
-
-def hypervisor_error(result, hypervisor, host="", port="", uri="qemu:///system"):
-    where = (host or hypervisor) + (" port %s" % port if str(port) else "")
-    named = hypervisor if where == hypervisor else "%s (%s)" % (hypervisor, where)
-    cause = _clean(result.get("msg")) or "failed"
-    if result.get("unreachable"):
-        return ("hypervisor %s could not be reached: %s. Check its ansible_host, ansible_port and "
-                "ansible_user, that sshd runs there and that it accepts the controller's key." % (named, cause))
-    stderr = _clean(result.get("module_stderr") or result.get("stderr"))
-    if stderr and stderr not in cause:
-        cause += " (stderr: %s)" % stderr
-    # vm_info's own errors say what to do; a module that did not even start (no Python, no
-    # libvirt bindings) does not.
-    hint = "" if "Check " in cause else (
-        " Check that libvirtd runs there, that vmbackup_libvirt_uri is right and that "
-        "ansible_python_interpreter is a Python with the libvirt bindings.")
-    return "the VMs of hypervisor %s could not be listed at %s: %s.%s" % (named, uri, cause.rstrip("."), hint)
 
 
 class FilterModule:

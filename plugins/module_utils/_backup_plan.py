@@ -6,6 +6,8 @@
 The role sequences begin -> snapshot -> transfer -> commit -> keep/merge -> report; what each
 step does with the results of the steps before it is decided here:
 
+- ``disk_plan(disks, unsupported, shareable)``: which disks vm_info could not back up block the
+  backup, which are left out (quietly, or with a warning), by the role's disk settings.
 - ``plan(vm, begin, backup_type)``: which disks go to which backend (file, block, rbd), whether
   the VM has file disks only (kvm_snapshot then repairs in its own run) or needs a freeze around
   several backends, whether a delta is allowed at all (and if not, why: ``full_reason``), the
@@ -14,6 +16,7 @@ step does with the results of the steps before it is decided here:
   step returned: the image to read, the mode (``full`` / ``delta`` / ``incremental``), the
   parent image of a delta, and ``reason``, why the disk is copied that way.
 - ``extra_files(nvram, tpm)``: the ``files`` of backup_repo action=commit (nvram.fd, tpm-*).
+- ``record(run, result)``: the backup_result filter, one of the records below by ``result``.
 - ``result_ok`` / ``result_failed`` / ``with_cleanup_warnings``: the VM's record in the run's
   results (the keys report.yml, the run summary and the JSON/JUnit reports read);
   ``repaired`` / ``result_cleanup``: what repair.yml did, and the cleanup playbook's record.
@@ -27,6 +30,37 @@ from __future__ import annotations
 
 BACKENDS = ("file", "block", "rbd")
 LVM_REASON = "LVM volumes are copied whole (no changed-block source for them yet)"
+# The role's vmbackup_unsupported_disks and vmbackup_shareable_disks, first the default.
+DISK_POLICIES = {"unsupported": ("fail", "skip"), "shareable": ("skip", "fail")}
+
+
+def disk_plan(disks, unsupported="fail", shareable="skip"):
+    """The disks that block the backup, the disks left out, and the warnings of those left out.
+
+    ``disks``: vm_info's disks of the VM; only those it marks not ``supported`` are named.
+    """
+    for name, value in (("unsupported", unsupported), ("shareable", shareable)):
+        if value not in DISK_POLICIES[name]:
+            # The filter's own name leads: the role's template error then says which filter.
+            raise ValueError("backup_disk_plan: %s must be one of %s, not %r"
+                             % (name, ", ".join(DISK_POLICIES[name]), value))
+    blocking, skipped, warnings = [], [], []
+    for disk in disks:
+        if disk.get("supported"):
+            continue
+        entry = {"target": disk.get("target"), "reason": disk.get("skip_reason") or "not supported"}
+        # Nothing the VM writes: left out quietly (the manifest lists it under excluded).
+        if disk.get("device") in ("cdrom", "floppy") or disk.get("readonly"):
+            skipped.append(entry)
+            continue
+        policy, setting = ((shareable, "vmbackup_shareable_disks") if disk.get("shareable")
+                           else (unsupported, "vmbackup_unsupported_disks"))
+        if policy == "fail":
+            blocking.append(dict(entry, hint="set %s=skip to back up the other disks without it" % setting))
+        else:
+            skipped.append(entry)
+            warnings.append("disk %s was not backed up: %s" % (entry["target"], entry["reason"]))
+    return {"blocking": blocking, "skipped": skipped, "warnings": warnings}
 
 
 BACKUP_TYPES = ("auto", "full", "incremental")  # the role's choices; auto and incremental decide alike
@@ -215,6 +249,19 @@ def result_failed(run):
         "error": "%s: %s" % ((run.get("failed_task") or {}).get("name") or "", failure_cause(run.get("failed_result"))),
         "rollback": ("failed: %s" % rollback.get("msg")) if rollback.get("failed") else "ok",
     }
+
+
+def record(run, result="ok"):
+    """The record that ``result`` (ok, failed, cleanup, repaired) names, from the run's facts."""
+    if result == "ok":
+        return result_ok(run)
+    if result == "failed":
+        return result_failed(run)
+    if result == "cleanup":
+        return result_cleanup(run)
+    if result == "repaired":
+        return repaired(**run)
+    raise ValueError("backup_result: result must be ok, failed, cleanup or repaired, not %r" % (result,))
 
 
 def cleanup_errors(cleanups):
