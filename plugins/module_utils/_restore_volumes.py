@@ -414,6 +414,68 @@ def write_file(module, path, content, owner, group):
     return len(data)
 
 
+# The account QEMU runs as: qemu (Fedora/RHEL, and Debian's own builds) or libvirt-qemu (Debian, Ubuntu).
+QEMU_ACCOUNTS = ("qemu", "libvirt-qemu")
+
+
+def image_owner(owner, group, lookup=pwd.getpwnam, group_name=lambda gid: grp.getgrgid(gid).gr_name):
+    """(owner, group) names for restored images: as given, else the QEMU account and its primary group."""
+    if not owner:
+        owner = next((name for name in QEMU_ACCOUNTS if _account(name, lookup) is not None), None)
+        if owner is None:
+            raise VmbackupError("neither of the accounts QEMU runs as (%s) exists on this host: set "
+                                "restore_image_owner (vmbackup_image_owner) to the account that owns VM images"
+                                % ", ".join(QEMU_ACCOUNTS))
+    if not group:
+        entry = _account(owner, lookup)
+        if entry is None:
+            raise VmbackupError("owner %s does not exist on this host: set restore_image_owner "
+                                "(vmbackup_image_owner) to the account QEMU runs as" % owner)
+        try:
+            group = group_name(entry.pw_gid)
+        except KeyError:
+            group = str(entry.pw_gid)
+    return owner, group
+
+
+def _account(name, lookup):
+    try:
+        return lookup(name) if not name.isdigit() else pwd.getpwuid(int(name))
+    except KeyError:
+        return None
+
+
+def give_to_owner(host, disks, owner, group):
+    """Hand the restored image files to the VM's account, 0600, before they are swapped in.
+
+    Only files this run wrote (``staged`` of a new or forced file target); opened with
+    O_NOFOLLOW so that a symlink planted under a staged name changes nothing it points to.
+    """
+    uid, gid = ids(owner, group)
+    given = []
+    for disk in disks:
+        if disk.get("type", "file") != "file" or disk.get("backend") == "nvram" or disk.get("in_place"):
+            continue
+        if not (disk.get("swap") or disk.get("created")):
+            continue
+        path = disk["staged"]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise VmbackupError("cannot give the restored image %s to %s:%s on host %s: %s; nothing was swapped, "
+                                "the old disks are in place" % (path, owner, group, host.name, exc))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise VmbackupError("the restored image %s on host %s is not a regular file; nothing was swapped"
+                                    % (path, host.name))
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        given.append(path)
+    return given
+
+
 def ids(owner, group):
     """uid and gid of an owner and group (names or numbers); the group defaults to the owner's primary one."""
     uid, gid = -1, -1
@@ -467,15 +529,18 @@ def run(module):
             if d["in_place"]:
                 module.warn("disk %s: %s is a block device that is not an LV; with force it is written in "
                             "place (there is no volume beside it to write first)" % (d["target"], d["path"]))
-        return {"changed": False, "disks": planned}
+        owner, group = image_owner(p["owner"], p["group"])
+        ids(owner, group)  # a group that does not exist fails here, before anything is written
+        return {"changed": False, "disks": planned, "owner": owner, "group": group}
     if module.check_mode:
         return {"changed": p["action"] != "prepare", "disks": disks}
     if p["action"] == "write":
         size = write_file(module, p["path"], p["content"], p["owner"], p["group"])
         return {"changed": True, "path": p["path"], "size": size}
     if p["action"] == "swap":
+        given = give_to_owner(host, disks, p["owner"], p["group"]) if p["owner"] or p["group"] else []
         swapped = swap(host, disks)
-        return {"changed": bool(swapped), "swapped": swapped}
+        return {"changed": bool(swapped or given), "swapped": swapped, "owned": given}
     if p["action"] == "undo":
         count = undo(host, disks)
         return {"changed": bool(count), "restored": count}

@@ -19,7 +19,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository impor
 ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),
     vm=dict(type="str"),
-    backup=dict(type="str", default="all"),
+    backup=dict(type="list", elements="str", default=["all"]),
     fail_on_damage=dict(type="bool", default=True),
 )
 
@@ -87,22 +87,29 @@ def check_files(bdir, manifest):
     return problems
 
 
+def select_backups(backups, wanted):
+    """The manifests ``wanted`` names, in repository order: ``all``, ``latest`` and backup IDs
+    may be combined (a restore verifies its whole chain in one run); an ID not there is skipped."""
+    if "all" in wanted:
+        return list(backups)
+    ids = set(wanted)
+    last = backups[-1]["backup_id"] if backups and "latest" in ids else None
+    return [m for m in backups if m["backup_id"] in ids or m["backup_id"] == last]
+
+
 def run(module):
     p = module.params
-    if p["backup"] not in ("all", "latest"):
-        check_id(p["backup"], "backup (all, latest or a backup ID)")
+    wanted = p["backup"] or ["all"]
+    for name in wanted:
+        if name not in ("all", "latest"):
+            check_id(name, "backup (all, latest or backup IDs)")
     repo = Repository(p["path"])
     runner = CommandRunner(module)
     vms = [p["vm"]] if p["vm"] else repo.vms()
     results = []
     changed = False
     for vm in vms:
-        backups = repo.backups(vm)
-        if p["backup"] == "latest":
-            backups = backups[-1:]
-        elif p["backup"] != "all":
-            backups = [m for m in backups if m["backup_id"] == p["backup"]]
-        for manifest in backups:
+        for manifest in select_backups(repo.backups(vm), wanted):
             backup_id = manifest["backup_id"]
             bdir = repo.backup_dir(vm, backup_id)
             problems = check_backup(runner, repo, vm, manifest)

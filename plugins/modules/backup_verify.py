@@ -23,7 +23,8 @@ description:
     manifest names must resolve inside the backup's directory; a backup that fails is marked damaged
     and nothing outside the repository is read. A manifest that cannot be read (not JSON, wrong
     shape) marks only its own backup damaged; the VM's other backups are verified as usual.
-  - O(backup) must be V(all), V(latest) or a backup ID (a name with C(/) is refused).
+  - O(backup) names V(all), V(latest) or backup IDs, in any combination (a name with C(/) is
+    refused); a restore verifies the whole chain it reads in one run this way.
   - Runs on the backup node.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
@@ -47,9 +48,12 @@ options:
     description: The VM whose backups to verify. Omit for every VM.
     type: str
   backup:
-    description: V(all), V(latest), or a backup ID.
-    type: str
-    default: all
+    description:
+      - V(all), V(latest), or backup IDs; a list verifies each backup it names (IDs that are not in
+        the repository are skipped).
+    type: list
+    elements: str
+    default: [all]
   fail_on_damage:
     description: Fail the task when a damaged backup is found (after marking it).
     type: bool
@@ -61,6 +65,12 @@ EXAMPLES = r"""
   vmbackup.libvirt.backup_verify:
     path: /srv/vmbackup
     vm: web1
+
+- name: Verify the chain a restore reads, in one run
+  vmbackup.libvirt.backup_verify:
+    path: /srv/vmbackup
+    vm: web1
+    backup: [20261201T020000Z, 20261202T020000Z]
 """
 
 RETURN = r"""

@@ -101,6 +101,13 @@ options:
     description: For restores, replace an existing target.
     type: bool
     default: false
+  compare:
+    description:
+      - For restores to a file or block device, read the written target back and compare it with the
+        applied chain (C(qemu-img compare)); a difference fails the module. Off, the chain is read
+        once (a restore that ran P(vmbackup.libvirt.backup_verify#module) first has checked it).
+    type: bool
+    default: true
   keep_snapshot:
     description:
       - For restores to RBD, keep the snapshot of the last backup of the chain on the new image
@@ -212,6 +219,10 @@ sha256:
   description: sha256 of the stored file.
   returned: direction=backup and not check mode
   type: str
+compared:
+  description: Whether the written file or block target was read back and compared with the chain.
+  returned: direction=restore to a file or block target
+  type: bool
 bytes_sent:
   description:
     - For backups, bytes of the stream that crossed the wire (the stored file's size).

@@ -27,7 +27,9 @@ description:
     written in place (with a warning), the one case where a failed restore leaves a damaged target.
   - O(action=swap), once every new volume is complete and verified, renames each old volume
     aside (C(.vmbackup-old-RUN), C(NAME-vmbo-RUN8)) and the new one into its place (rename,
-    C(lvrename), C(rbd rename)), disk by disk; a failure puts back what was done.
+    C(lvrename), C(rbd rename)), disk by disk; a failure puts back what was done. Given O(owner) or
+    O(group), it first gives every image file this run wrote to that account, mode 0600 (opened
+    without following symlinks), so that no separate task touches the new files.
   - O(action=undo) reverses a complete swap (after the domain definition failed);
     O(action=finish) removes the old volumes put aside; O(action=discard) removes the new
     volumes and the created targets of a failed restore (an LV only if it carries the
@@ -96,10 +98,16 @@ options:
     description: For O(action=write), its content, base64.
     type: str
   owner:
-    description: For O(action=write), its owner (name or uid).
+    description:
+      - Owner (name or uid) of the restored image files (O(action=swap)) and of the written file
+        (O(action=write)).
+      - For O(action=prepare), the owner to check; empty, the account QEMU runs as (C(qemu), or
+        C(libvirt-qemu) where C(qemu) does not exist). RV(owner) returns the choice.
     type: str
   group:
-    description: For O(action=write), its group (name or gid); default the owner's primary group.
+    description:
+      - Their group (name or gid); default the owner's primary group. O(action=prepare) returns the
+        choice in RV(group).
     type: str
   ceph_conf:
     description: ceph.conf for RBD targets.
@@ -136,6 +144,8 @@ EXAMPLES = r"""
   vmbackup.libvirt.restore_volumes:
     action: swap
     disks: "{{ stage.disks }}"
+    owner: "{{ stage.owner }}"
+    group: "{{ stage.group }}"
     run_id: k3v9q2m7x1c4b8n6
 """
 
@@ -147,6 +157,21 @@ disks:
   returned: action=prepare
   type: list
   elements: dict
+owner:
+  description: The owner of the restored images (O(owner), or the account QEMU runs as).
+  returned: action=prepare
+  type: str
+  sample: libvirt-qemu
+group:
+  description: Their group (O(group), or the owner's primary group).
+  returned: action=prepare
+  type: str
+  sample: kvm
+owned:
+  description: The image files given to O(owner) and O(group) before the swap.
+  returned: action=swap
+  type: list
+  elements: str
 swapped:
   description: Targets of the disks put in place.
   returned: action=swap

@@ -186,3 +186,80 @@ def test_restore_plan_renames_a_mapper_lv_into_its_vg():
     assert plan[0]["path"] == "/dev/vg-0/web1-t-vda"
     same = restore_plan(backup, chain, "web1")
     assert same[0]["path"] == "/dev/mapper/vg--0-web1"
+
+
+class _Pw:
+    def __init__(self, gid):
+        self.pw_gid = gid
+
+
+def _lookup(accounts):
+    def lookup(name):
+        if name not in accounts:
+            raise KeyError(name)
+        return _Pw(accounts[name])
+    return lookup
+
+
+GROUPS = {36: "kvm", 107: "qemu", 108: "kvm"}
+
+
+@pytest.mark.parametrize("owner, group, accounts, expected", [
+    ("", "", {"qemu": 107, "libvirt-qemu": 108}, ("qemu", "qemu")),  # qemu first (RHEL, Fedora)
+    ("", "", {"libvirt-qemu": 108}, ("libvirt-qemu", "kvm")),  # Debian, Ubuntu
+    ("", "disk", {"libvirt-qemu": 108}, ("libvirt-qemu", "disk")),  # a group given is kept
+    ("vmowner", "", {"vmowner": 36, "qemu": 107}, ("vmowner", "kvm")),  # the owner's primary group
+    ("vmowner", "", {"vmowner": 999}, ("vmowner", "999")),  # a primary gid without a name
+    ("vmowner", "staff", {}, ("vmowner", "staff")),  # both given: checked later by ids()
+], ids=["qemu", "libvirt-qemu", "group_given", "owner_given", "gid_without_name", "both_given"])
+def test_image_owner(owner, group, accounts, expected):
+    def group_name(gid):
+        if gid not in GROUPS:
+            raise KeyError(gid)
+        return GROUPS[gid]
+    assert rv.image_owner(owner, group, _lookup(accounts), group_name) == expected
+
+
+@pytest.mark.parametrize("owner, accounts, says", [
+    ("", {}, "neither of the accounts QEMU runs as (qemu, libvirt-qemu)"),
+    ("nobody-here", {}, "owner nobody-here does not exist"),
+])
+def test_image_owner_that_does_not_exist_is_a_clear_error(owner, accounts, says):
+    with pytest.raises(VmbackupError) as err:
+        rv.image_owner(owner, "", _lookup(accounts), lambda gid: "g")
+    assert says in err.value.msg and "restore_image_owner" in err.value.msg
+
+
+def _owned_disks(tmp_path):
+    forced = _file_disk(tmp_path, "a")
+    new = rv.decide({"target": "vdb", "type": "file", "path": str(tmp_path / "new.raw"), "size": 1}, NONE, False, RUN)
+    with open(new["staged"], "w") as fh:
+        fh.write("new")
+    nvram = dict(new, backend="nvram", staged=str(tmp_path / "nvram.fd"))
+    block = {"target": "vdc", "type": "block", "staged": "/dev/vg0/x", "created": True}
+    return forced, new, nvram, block
+
+
+def test_give_to_owner_makes_only_the_written_files_private(tmp_path):
+    forced, new, nvram, block = _owned_disks(tmp_path)
+    for path in (forced["staged"], new["staged"]):
+        os.chmod(path, 0o644)
+    uid, gid = os.getuid(), os.getgid()
+    given = rv.give_to_owner(FakeHost(), [forced, new, nvram, block], str(uid), str(gid))
+    assert given == [forced["staged"], new["staged"]]  # not the NVRAM (written owned), not the LV
+    for path in given:
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o600)
+    assert _read(forced["path"]) == "old a"  # the old disk is left as it was
+
+
+def test_give_to_owner_refuses_a_symlink_under_a_staged_name(tmp_path):
+    forced = _file_disk(tmp_path, "a", fail_rename=True)
+    victim = tmp_path / "victim"
+    victim.write_text("someone else's")
+    os.chmod(str(victim), 0o644)
+    os.symlink(str(victim), forced["staged"])
+    with pytest.raises(VmbackupError) as err:
+        rv.give_to_owner(FakeHost(), [forced], str(os.getuid()), str(os.getgid()))
+    assert "nothing was swapped" in err.value.msg
+    assert os.stat(str(victim)).st_mode & 0o777 == 0o644
