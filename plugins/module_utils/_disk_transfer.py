@@ -12,30 +12,41 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import C
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
 
-ARGUMENT_SPEC = dict(
-    direction=dict(type="str", required=True, choices=["backup", "restore"]),
-    image=dict(type="str", required=True),
+# What one disk's transfer needs: given at the top level for one disk, or per entry of ``disks``.
+DISK_SPEC = dict(
+    image=dict(type="str"),
     format=dict(type="str", default="raw", choices=["raw", "qcow2"]),
     mode=dict(type="str", default="full", choices=["full", "delta"]),
-    repo_image=dict(type="path", required=True),
+    repo_image=dict(type="path"),
     parent_image=dict(type="path"),
     create=dict(type="bool", default=True),
     size=dict(type="int"),
     force=dict(type="bool", default=False),
-    compare=dict(type="bool", default=True),
     verify=dict(type="list", elements="dict", default=[]),
+)
+DISK_KEYS = tuple(DISK_SPEC)
+
+ARGUMENT_SPEC = dict(
+    direction=dict(type="str", required=True, choices=["backup", "restore"]),
+    # all disks of a VM in one run: one module start, one connection set-up (not one run per disk)
+    disks=dict(type="list", elements="dict", options=dict(
+        DISK_SPEC, image=dict(type="str", required=True), repo_image=dict(type="path", required=True)),
+        required_if=[("mode", "delta", ["parent_image"])]),
+    compare=dict(type="bool", default=True),
     progress_file=dict(type="path"),
-    **dict(transfer.CONNECTION_ARGSPEC, **transfer.DATA_CHANNEL_ARGSPEC)
+    **dict(DISK_SPEC, **dict(transfer.CONNECTION_ARGSPEC, **transfer.DATA_CHANNEL_ARGSPEC))
 )
 
 REQUIRED_IF = [
     ("mode", "delta", ["parent_image"]),
     ("transport", "ssh", ["ssh_host"]),
 ]
+REQUIRED_ONE_OF = [("image", "disks")]
+MUTUALLY_EXCLUSIVE = [("image", "disks"), ("repo_image", "disks")]
+REQUIRED_TOGETHER = [("image", "repo_image")]
 
 
-def backup(module, runner, hv):
-    p = module.params
+def backup(module, runner, hv, p):
     dest = p["repo_image"]
     if os.path.exists(dest):
         return {"changed": False, "file": dest, "sha256": _files.sha256_file(dest),
@@ -82,8 +93,7 @@ def check_backup_file(path, expected, kind="image"):
             "the hypervisor; restore an older backup or run verify." % (kind, path, actual, expected))
 
 
-def restore(module, runner, hv):
-    p = module.params
+def restore(module, runner, hv, p):
     target = p["image"]
     transfer.refuse_insecure_restore(hv, target)
     for item in p["verify"]:
@@ -124,9 +134,28 @@ def restore(module, runner, hv):
             "duration": round(time.time() - start, 3)}
 
 
+def disk_params(params):
+    """One set of parameters per disk: each entry of ``disks`` with the run's shared options, or
+    the top-level disk options when ``disks`` is not given."""
+    shared = {k: v for k, v in params.items() if k not in DISK_KEYS and k != "disks"}
+    if params.get("disks") is None:
+        return [dict(shared, **{k: params.get(k) for k in DISK_KEYS})]
+    return [dict(shared, **{k: disk.get(k) for k in DISK_KEYS}) for disk in params["disks"]]
+
+
 def run(module):
     runner = CommandRunner(module)
     hv = transfer.Hypervisor(runner, module.params)
-    if module.params["direction"] == "backup":
-        return backup(module, runner, hv)
-    return restore(module, runner, hv)
+    step = backup if module.params["direction"] == "backup" else restore
+    results = []
+    for p in disk_params(module.params):
+        try:
+            results.append(step(module, runner, hv, p))
+        except VmbackupError as exc:
+            if results:  # say what was already done: the caller's cleanup relies on it
+                exc.details.setdefault("disks", results)
+            raise
+    if module.params.get("disks") is None:
+        return results[0]
+    return {"changed": any(r["changed"] for r in results), "disks": results,
+            "duration": round(sum(r.get("duration") or 0 for r in results), 3)}

@@ -445,6 +445,15 @@ def _account(name, lookup):
         return None
 
 
+def transfers(planned):
+    """The disk_transfer entries (O(disks)) of the disks written from qcow2 chains: all but RBD
+    images (rbd_transfer applies their diffs) and the NVRAM (written by action=write)."""
+    return [{"image": d["staged"], "repo_image": d.get("image"), "format": d.get("format", "raw"), "size": d.get("size"),
+             # a block target is an LV created first, or a forced non-LV device written in place
+             "create": d.get("type", "file") == "file", "force": d.get("type") == "block"}
+            for d in planned if d.get("backend") not in ("rbd", "nvram")]
+
+
 def give_to_owner(host, disks, owner, group):
     """Hand the restored image files to the VM's account, 0600, before they are swapped in.
 
@@ -531,7 +540,7 @@ def run(module):
                             "place (there is no volume beside it to write first)" % (d["target"], d["path"]))
         owner, group = image_owner(p["owner"], p["group"])
         ids(owner, group)  # a group that does not exist fails here, before anything is written
-        return {"changed": False, "disks": planned, "owner": owner, "group": group}
+        return {"changed": False, "disks": planned, "transfers": transfers(planned), "owner": owner, "group": group}
     if module.check_mode:
         return {"changed": p["action"] != "prepare", "disks": disks}
     if p["action"] == "write":

@@ -54,12 +54,58 @@ options:
     type: str
     required: true
     choices: [backup, restore]
+  disks:
+    description:
+      - Several disks in one run, one after the other, over one set of connection options (one module
+        start instead of one per disk). Each entry takes the per-disk options below; O(compare),
+        O(progress_file) and the connection options apply to all. Mutually exclusive with O(image)
+        and O(repo_image).
+      - A failure stops at that disk; its error's RV(disks) lists the disks done before it.
+    type: list
+    elements: dict
+    suboptions:
+      image:
+        description: As O(image).
+        type: str
+        required: true
+      repo_image:
+        description: As O(repo_image).
+        type: path
+        required: true
+      format:
+        description: As O(format).
+        type: str
+        choices: [raw, qcow2]
+        default: raw
+      mode:
+        description: As O(mode).
+        type: str
+        choices: [full, delta]
+        default: full
+      parent_image:
+        description: As O(parent_image).
+        type: path
+      create:
+        description: As O(create).
+        type: bool
+        default: true
+      size:
+        description: As O(size).
+        type: int
+      force:
+        description: As O(force).
+        type: bool
+        default: false
+      verify:
+        description: As O(verify).
+        type: list
+        elements: dict
+        default: []
   image:
     description:
       - On the hypervisor, the frozen image to read (backup), or the target to write (restore),
-        a file or a block device such as C(/dev/vg0/lv1).
+        a file or a block device such as C(/dev/vg0/lv1). Required unless O(disks) is given.
     type: str
-    required: true
   format:
     description: Format of O(image) (C(qemu-nbd -f)).
     type: str
@@ -71,9 +117,10 @@ options:
     choices: [full, delta]
     default: full
   repo_image:
-    description: On the backup node, the qcow2 to write (backup) or the chain's top to read (restore).
+    description:
+      - On the backup node, the qcow2 to write (backup) or the chain's top to read (restore).
+        Required with O(image).
     type: path
-    required: true
   parent_image:
     description: For O(mode=delta), the parent backup's image in the repository.
     type: path
@@ -131,7 +178,8 @@ options:
     description:
       - A file on the backup node where the transfer writes its progress (bytes done, percent,
         rate, estimate) about once a second while it runs, and removes it at the end. The
-        C(vmbackup.libvirt.progress) callback shows these files in the playbook output.
+        C(vmbackup.libvirt.progress) callback shows these files in the playbook output. With
+        O(disks), it shows the disk being moved.
     type: path
   ready_timeout:
     description: Seconds to wait for qemu-nbd and the SSH forward to be ready.
@@ -152,6 +200,21 @@ EXAMPLES = r"""
     known_hosts: /home/backup/.ssh/known_hosts
   delegate_to: localhost
 
+- name: Restore both disks of a backup under a new name, in one run
+  vmbackup.libvirt.disk_transfer:
+    direction: restore
+    disks:
+      - repo_image: /srv/vmbackup/web1/20261122T013000Z/vda.qcow2
+        image: /var/lib/libvirt/images/web1-test-vda.qcow2
+        format: qcow2
+        size: 10737418240
+      - repo_image: /srv/vmbackup/web1/20261122T013000Z/vdb.qcow2
+        image: /var/lib/libvirt/images/web1-test-vdb.raw
+        size: 1073741824
+    compare: false
+    ssh_host: hv1.example.com
+  delegate_to: localhost
+
 - name: Restore vda of a backup under a new name
   vmbackup.libvirt.disk_transfer:
     direction: restore
@@ -164,6 +227,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+disks:
+  description:
+    - With O(disks), one result per disk, in order, each with the keys below (RV(mode), RV(file),
+      RV(sha256), RV(target), RV(created), ...); RV(duration) is then their sum.
+  returned: O(disks) given
+  type: list
+  elements: dict
 mode:
   description: V(full) or V(delta).
   returned: direction=backup
@@ -208,12 +278,21 @@ compared:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._disk_transfer import ARGUMENT_SPEC, REQUIRED_IF, run
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._disk_transfer import (
+    ARGUMENT_SPEC,
+    MUTUALLY_EXCLUSIVE,
+    REQUIRED_IF,
+    REQUIRED_ONE_OF,
+    REQUIRED_TOGETHER,
+    run,
+)
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._module import run_module
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, required_one_of=REQUIRED_ONE_OF,
+                           mutually_exclusive=MUTUALLY_EXCLUSIVE, required_together=REQUIRED_TOGETHER,
+                           supports_check_mode=True)
     run_module(module, run)
 
 

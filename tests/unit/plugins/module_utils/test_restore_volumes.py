@@ -263,3 +263,21 @@ def test_give_to_owner_refuses_a_symlink_under_a_staged_name(tmp_path):
         rv.give_to_owner(FakeHost(), [forced], str(os.getuid()), str(os.getgid()))
     assert "nothing was swapped" in err.value.msg
     assert os.stat(str(victim)).st_mode & 0o777 == 0o644
+
+
+def test_transfers_are_the_qcow2_chains_to_write():
+    planned = [
+        dict(rv.decide(FILE, NONE, False, RUN), image="/r/vda.qcow2", format="qcow2", backend="file"),
+        dict(rv.decide(LVDISK, {"exists": True, "kind": "lv", "vg": "vg0", "lv": "web1-data"}, True, RUN),
+             image="/r/vdb.qcow2", format="raw", backend="block"),
+        {"target": "vdc", "type": "rbd", "path": "rbd/x", "staged": "rbd/x", "image": "/r/vdc.rbddiff",
+         "format": "raw", "size": 1, "backend": "rbd"},
+        {"target": "nvram", "type": "file", "path": "/nv/x_VARS.fd", "staged": "/nv/x_VARS.fd", "size": 0,
+         "backend": "nvram"},
+    ]
+    assert rv.transfers(planned) == [
+        {"image": "/img/web1.qcow2", "repo_image": "/r/vda.qcow2", "format": "qcow2", "size": 1 << 30,
+         "create": True, "force": False},
+        {"image": "/dev/vg0/web1-data-vmbr-k3v9q2m7", "repo_image": "/r/vdb.qcow2", "format": "raw",
+         "size": 1 << 30, "create": False, "force": True},
+    ]
