@@ -427,10 +427,7 @@ def image_owner(owner, group, lookup=pwd.getpwnam, group_name=lambda gid: grp.ge
                                 "restore_image_owner (vmbackup_image_owner) to the account that owns VM images"
                                 % ", ".join(QEMU_ACCOUNTS))
     if not group:
-        entry = _account(owner, lookup)
-        if entry is None:
-            raise VmbackupError("owner %s does not exist on this host: set restore_image_owner "
-                                "(vmbackup_image_owner) to the account QEMU runs as" % owner)
+        entry = _existing_account(owner, lookup)
         try:
             group = group_name(entry.pw_gid)
         except KeyError:
@@ -438,11 +435,20 @@ def image_owner(owner, group, lookup=pwd.getpwnam, group_name=lambda gid: grp.ge
     return owner, group
 
 
-def _account(name, lookup):
+def _account(name, lookup=pwd.getpwnam):
+    """The passwd entry of a name or uid, or None."""
     try:
         return lookup(name) if not name.isdigit() else pwd.getpwuid(int(name))
     except KeyError:
         return None
+
+
+def _existing_account(name, lookup=pwd.getpwnam):
+    entry = _account(name, lookup)
+    if entry is None:
+        raise VmbackupError("owner %s does not exist on this host: set restore_image_owner "
+                            "(vmbackup_image_owner) to the account QEMU runs as" % name)
+    return entry
 
 
 def transfers(planned):
@@ -489,11 +495,7 @@ def ids(owner, group):
     """uid and gid of an owner and group (names or numbers); the group defaults to the owner's primary one."""
     uid, gid = -1, -1
     if owner:
-        try:
-            entry = pwd.getpwnam(owner) if not owner.isdigit() else pwd.getpwuid(int(owner))
-        except KeyError:
-            raise VmbackupError("owner %s does not exist on this host: set restore_image_owner "
-                                "(vmbackup_image_owner) to the account QEMU runs as" % owner)
+        entry = _existing_account(owner)
         uid, gid = entry.pw_uid, entry.pw_gid
     if group:
         try:
