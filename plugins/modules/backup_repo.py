@@ -30,7 +30,7 @@ description:
     V(list) with its C(problems) in RV(backups)); the VM's other backups are not affected.
   - Retention. With a C(keep_*) rule, V(commit) applies the policy to O(vm) once the manifest is
     durable, as M(vmbackup.libvirt.backup_prune) does (same rules, same checks, same result, in
-    RV(prune)), while it still holds the VM's lock in the repository: the lock of O(lock_owner) is
+    RV(prune)), while it still holds the VM's lock in the repository; the lock of O(lock_owner) is
     made exclusive in place for the prune, so no restore starts reading meanwhile. While a restore
     already reads the VM (a shared lock), nothing is removed, RV(prune.locked) names it and a warning
     says the next backup or prune catches up (M(vmbackup.libvirt.backup_prune)'s O(fail_on_locked=false)).

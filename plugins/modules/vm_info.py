@@ -15,7 +15,7 @@ description:
     C(rbd), or C(other) with the reason it would be skipped), format, source,
     virtual and allocated size, and for file disks the backing chain.
   - With O(lock), first takes the VM's lock on the hypervisor, as M(vmbackup.libvirt.backup_lock)
-    would with the same options (so a backup needs one module run less): it waits up to
+    would with the same options (so a backup needs one module run less); it waits up to
     O(lock.wait) seconds for another live run, breaks a stale lock, and fails naming the holder.
     If the VM then cannot be described, the lock this task took is given back before it fails
     (RV(lock.held) is V(false) in the failed result).
