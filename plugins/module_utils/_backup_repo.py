@@ -150,7 +150,9 @@ def _run(module):
         return {"changed": existed, "unlocked": _unlock(module, repo, vm, p)}
     # commit: the domain XML's passwords never show in a result or an error; the rest stays visible.
     module.no_log_values.update(Domain(p["domain_xml"], what="VM %s" % vm).secrets())
-    policy = _retention.policy_of(p)  # a wrong policy fails before anything is written
+    # A wrong policy fails before anything is written; without keep_* rules none is read (min_age
+    # alone means nothing, as the role's prune task was skipped then).
+    policy = _retention.policy_of(p) if any(p[k] for k in POLICY_ARGSPEC if k.startswith("keep_")) else None
     manifest = dict(p["manifest"])
     manifest.update({
         "format_version": FORMAT_VERSION,
@@ -190,7 +192,7 @@ def _prune(module, repo, vm, p, policy):
     The backup is complete whatever happens here: a failed prune is returned (C(failed), C(msg))
     and warned about, never raised, so the caller does not undo a complete backup.
     """
-    if not _retention.has_rules(policy):
+    if policy is None:
         return None
     lock = _repo_lock(repo, vm, p) if p["lock_owner"] else None
     try:

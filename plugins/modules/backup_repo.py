@@ -33,9 +33,9 @@ description:
     RV(prune)), while it still holds the VM's lock in the repository; the lock of O(lock_owner) is
     made exclusive in place for the prune, so no restore starts reading meanwhile. While a restore
     already reads the VM (a shared lock), nothing is removed, RV(prune.locked) names it and a warning
-    says the next backup or prune catches up (M(vmbackup.libvirt.backup_prune)'s O(fail_on_locked=false)).
+    says the next backup or prune catches up (M(vmbackup.libvirt.backup_prune)'s O(vmbackup.libvirt.backup_prune#module:fail_on_locked=false)).
     Partial backups untouched for a day and leftovers of an interrupted prune go too. The backup is
-    complete whatever the prune does: a failed prune is returned in RV(prune) (C(failed), C(msg)) and
+    complete whatever the prune does; a failed prune is returned in RV(prune) (C(failed), C(msg)) and
     warned about, and the commit succeeds.
   - Runs on the backup node.
 author:

@@ -18,7 +18,7 @@ description:
     would with the same options (so a backup needs one module run less); it waits up to
     O(lock.wait) seconds for another live run, breaks a stale lock, and fails naming the holder.
     If the VM then cannot be described, the lock this task took is given back before it fails
-    (RV(lock.held) is V(false) in the failed result).
+    (C(lock.held) is V(false) in the failed result).
   - Runs on the hypervisor.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
@@ -75,7 +75,7 @@ options:
     default: false
   lock:
     description:
-      - Take this lock (a file on the hypervisor) for O(name) before reading it; RV(changed) when it was taken.
+      - Take this lock (a file on the hypervisor) for O(name) before reading it; the task is changed when it was taken.
         Give it back with M(vmbackup.libvirt.backup_lock) O(vmbackup.libvirt.backup_lock#module:state=absent),
         or O(vmbackup.libvirt.kvm_snapshot#module:unlock).
       - Needs O(name).
@@ -104,7 +104,7 @@ options:
       break_from:
         description:
           - Break a lock taken by an earlier run from this node into the same O(lock.repository) (that run
-            is dead: the caller holds the node's lock for the VM there).
+            is dead, as the caller holds the node's lock for the VM there).
         type: str
         default: ""
       wait:

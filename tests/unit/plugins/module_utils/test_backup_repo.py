@@ -148,6 +148,7 @@ def _hours_ago(h):
 
 COMMIT_PRUNE_CASES = [
     dict(id="no_rule_prunes_nothing", options={}, left="ABC", prune=None),
+    dict(id="min_age_alone_is_not_read", options={"min_age": "soon"}, left="ABC", prune=None),
     dict(id="keep_last_1_removes_the_older_chain_newest_first", options={"keep_last": 1}, left="C",
          prune={"removed": "BA", "kept": "C", "locked": 0}),
     dict(id="keep_last_2_keeps_what_b_needs", options={"keep_last": 2}, left="ABC",
