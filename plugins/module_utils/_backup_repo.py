@@ -17,7 +17,8 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import V
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import full_due
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _retention
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import POLICY_ARGSPEC, full_due
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
     FORMAT_VERSION,
     Repository,
@@ -45,6 +46,7 @@ ARGUMENT_SPEC = dict(
     lock_node=dict(type="str", default=""),
     lock_wait=dict(type="int", default=0),
     lock_progress_file=dict(type="path"),
+    **POLICY_ARGSPEC  # for commit: retention of the VM, as backup_prune applies it
 )
 
 REQUIRED_IF = [
@@ -148,6 +150,9 @@ def _run(module):
         return {"changed": existed, "unlocked": _unlock(module, repo, vm, p)}
     # commit: the domain XML's passwords never show in a result or an error; the rest stays visible.
     module.no_log_values.update(Domain(p["domain_xml"], what="VM %s" % vm).secrets())
+    # A wrong policy fails before anything is written; without keep_* rules none is read (min_age
+    # alone means nothing, as the role's prune task was skipped then).
+    policy = _retention.policy_of(p) if any(p[k] for k in POLICY_ARGSPEC if k.startswith("keep_")) else None
     manifest = dict(p["manifest"])
     manifest.update({
         "format_version": FORMAT_VERSION,
@@ -171,9 +176,33 @@ def _run(module):
     # verify checks these too: NVRAM and TPM state are as much the VM as its disks.
     manifest["files_sha256"] = {n: hashlib.sha256(files[n]).hexdigest() for n in sorted(files)}
     if module.check_mode:
-        return {"changed": True, "manifest": manifest}
+        return {"changed": True, "manifest": manifest, "prune": _prune(module, repo, vm, p, policy)}
     final = repo.commit(vm, p["backup_id"], manifest, files)
-    return {"changed": True, "manifest": manifest, "dir": final, "unlocked": _unlock(module, repo, vm, p)}
+    try:
+        # The manifest is durable: retention now, still under the VM's lock (one module run less).
+        pruned = _prune(module, repo, vm, p, policy)
+    finally:
+        unlocked = _unlock(module, repo, vm, p)
+    return {"changed": True, "manifest": manifest, "dir": final, "unlocked": unlocked, "prune": pruned}
+
+
+def _prune(module, repo, vm, p, policy):
+    """backup_prune's result for this VM after its commit, or None without keep_* rules.
+
+    The backup is complete whatever happens here: a failed prune is returned (C(failed), C(msg))
+    and warned about, never raised, so the caller does not undo a complete backup.
+    """
+    if policy is None:
+        return None
+    lock = _repo_lock(repo, vm, p) if p["lock_owner"] else None
+    try:
+        return _retention.prune_held(module, repo, vm, policy, lock)
+    except Exception as exc:  # pylint: disable=broad-except  # anything: the backup stays complete
+        msg = ("VM %s: backup %s is complete, but retention failed: %s. What it could not remove stays (it removes newest first, so "
+               "every chain left is whole); run the vmbackup.libvirt.prune playbook once fixed."
+               % (vm, p["backup_id"], getattr(exc, "msg", None) or exc))
+        module.warn(msg)
+        return dict(_retention.empty_result(), failed=True, msg=msg)
 
 
 def check_repository_path(path, node=""):

@@ -39,6 +39,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
 )
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import backing_path, image_chain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import RUNNING_STATES, URI_ARGSPEC, Virsh
 
@@ -59,6 +60,9 @@ ARGUMENT_SPEC = dict(
     quiesce=dict(type="str", default="off", choices=["required", "preferred", "off"]),
     overlay_dir=dict(type="path"),
     commit_timeout=dict(type="int", default=3600),
+    # The VM's lock on the hypervisor (backup_lock's path and owner), given back after kept / merged.
+    unlock=dict(type="dict", options=dict(path=dict(type="path", required=True),
+                                          owner=dict(type="str", required=True))),
     **URI_ARGSPEC
 )
 
@@ -533,6 +537,8 @@ def _chains_text(snap):
 def run(module):
     state = module.params["state"]
     snapshot = module.params["snapshot"]
+    if module.params["unlock"] and state not in ("kept", "merged"):
+        module.fail_json(msg="unlock goes with state=kept or state=merged, not state=%s" % state)
     if state not in ("merged", "repaired") and not snapshot:
         module.fail_json(msg="snapshot (the backup point's ID) is required with state=%s" % state)
     if snapshot and not SNAPSHOT_ID_RE.match(snapshot):
@@ -560,6 +566,12 @@ def run(module):
     out = snap.result(before)
     if state == "present":
         out["repaired"] = repaired
+    if module.params["unlock"]:
+        # Only after the chain is what the next backup expects (a failure above keeps the lock
+        # for the caller's cleanup); also when there was nothing to merge.
+        unlock = module.params["unlock"]
+        out["unlock"] = _lock.release(module, _lock.lock_params(unlock["path"], unlock["owner"]))
+        out["changed"] = out["changed"] or out["unlock"]["changed"]
     return out
 
 

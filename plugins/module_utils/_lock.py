@@ -26,7 +26,8 @@ O_EXCL, so a run of an older version (without the guard) never overwrites a lock
 Any number of readers hold it at once; an exclusive lock is not granted while a live reader
 holds one, and no reader gets one while a live exclusive lock is held (restores read, prune
 and synthetic fulls take it exclusively). ``mode=append`` is the one-holder lock of a run that
-only adds to what the lock protects (a backup): readers may come and go while it is held.
+only adds to what the lock protects (a backup): readers may come and go while it is held;
+``make_exclusive`` turns it into an exclusive lock in place (a backup's commit that prunes).
 
 With ``slots`` the lock is one of N files ``PATH.1`` .. ``PATH.N``: a counting semaphore that
 bounds how many backups run at once on one hypervisor or node (the backup playbook's limits).
@@ -279,6 +280,38 @@ def release(module, params):
                     _unlink(path)
                 released.append(path)
     return {"changed": bool(released), "held": False, "path": released[0] if released else None}
+
+
+def make_exclusive(module, params):
+    """Turn the lock this owner holds (a backup's ``append`` lock) into an exclusive one, in place.
+
+    For retention inside a backup's commit: it removes backups, so no reader may hold the VM
+    meanwhile. Under the guard, readers are checked (stale ones broken) and the lock's mode is
+    rewritten before any new reader can look, so none gets in afterwards. While a live reader
+    holds it, VmbackupError ("... is locked by ...", as acquire says it) and nothing changes.
+    """
+    base = params["path"]
+    broken, holders = [], []
+    with guard(base, module.check_mode):
+        lock = read_lock(base)
+        if lock is None or lock.get("owner") != params["owner"]:
+            raise VmbackupError(
+                "%s: run %s does not hold the lock %s (%s), so it cannot make it exclusive; nothing was removed"
+                % (params["purpose"] or base, params["owner"], base,
+                   "it is free" if lock is None else "held by %s" % describe(lock)))
+        now = time.time()
+        for reader in reader_paths(base):
+            state = _judge(module, reader, params, now, broken)
+            if state not in ("free", "ours"):
+                holders.append(state)
+        if holders:
+            raise VmbackupError("%s is locked by %s; this run (%s) did not wait."
+                                % (params["purpose"] or base, "; ".join(describe(h) for h in holders),
+                                   params["owner"]))
+        changed = lock.get("mode") != "exclusive"
+        if changed and not module.check_mode:
+            _files.write_atomic(base, json.dumps(dict(lock, mode="exclusive")).encode("utf-8"))
+    return {"changed": changed, "held": True, "path": base, "broke_stale": "; ".join(broken) or None}
 
 
 def _show_wait(params, holders, deadline, started):

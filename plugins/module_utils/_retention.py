@@ -59,17 +59,22 @@ BUCKETS = (
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
-ARGUMENT_SPEC = dict(
-    path=dict(type="path", required=True),
-    vms=dict(type="list", elements="str", default=[]),
-    action=dict(type="str", default="prune", choices=["prune", "synthesize"]),
+# The policy's options: backup_prune's and backup_repo action=commit's (one meaning, one check).
+POLICY_ARGSPEC = dict(
     keep_last=dict(type="int", default=0),
     keep_daily=dict(type="int", default=0),
     keep_weekly=dict(type="int", default=0),
     keep_monthly=dict(type="int", default=0),
     keep_yearly=dict(type="int", default=0),
     min_age=dict(type="str", default="0"),
-    partial_max_age=dict(type="str", default="1d"),
+)
+PARTIAL_MAX_AGE = "1d"
+
+ARGUMENT_SPEC = dict(
+    path=dict(type="path", required=True),
+    vms=dict(type="list", elements="str", default=[]),
+    action=dict(type="str", default="prune", choices=["prune", "synthesize"]),
+    partial_max_age=dict(type="str", default=PARTIAL_MAX_AGE),
     backup=dict(type="str", default="latest"),
     verify=dict(type="bool", default=True),
     now=dict(type="str"),
@@ -77,6 +82,7 @@ ARGUMENT_SPEC = dict(
     lock_wait=dict(type="int", default=0),
     lock_progress_file=dict(type="path"),
     fail_on_locked=dict(type="bool", default=True),
+    **POLICY_ARGSPEC
 )
 
 
@@ -300,13 +306,19 @@ def remove_backup(repo, vm, backup_id):
     shutil.rmtree(gone)
 
 
-def _policy(p):
-    policy = {k: p[k] for k in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")}
+def policy_of(p):
+    """The policy from the module's POLICY_ARGSPEC options, checked (VmbackupError naming the option)."""
+    policy = {k: p[k] or 0 for k in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")}
     for k, v in policy.items():
         if v < 0:
             raise VmbackupError("%s must be 0 or more, not %s" % (k, v))
     policy["min_age"] = parse_duration(p["min_age"], "min_age") or 0
     return policy
+
+
+def has_rules(policy):
+    """Whether any keep_* rule is set (with none, a prune would keep only the newest backup)."""
+    return any(policy[k] for k in policy if k.startswith("keep_"))
 
 
 def _now(p):
@@ -362,20 +374,75 @@ def prune_vm(module, repo, vm, policy, now, partial_max_age):
             "after": sorted([k["backup_id"] for k in kept] + [m["backup_id"] for m in unreadable])}
 
 
+def empty_result():
+    """backup_prune's result fields (action=prune), before any VM is pruned."""
+    return {"changed": False, "removed": [], "kept": [], "partials_removed": [], "broken_chains": [],
+            "damaged": [], "locked": []}
+
+
+def add_vm(result, vm, got):
+    """Add prune_vm()'s fragment for ``vm`` to ``result``."""
+    result["kept"] += [dict(k, vm=vm) for k in got["kept"]]
+    result["removed"] += [dict(r, vm=vm) for r in got["removed"]]
+    result["broken_chains"] += ["VM %s: %s" % (vm, w) for w in got["warnings"]]
+    result["partials_removed"] += [dict(s, vm=vm) for s in got["stale"]]
+    result["damaged"] += [{"vm": vm, "backup_id": m["backup_id"], "problems": m["problems"]}
+                          for m in got["unreadable"]]
+    if got["removed"] or got["stale"]:
+        result["changed"] = True
+
+
+def locked_message(result):
+    return ("prune left %d VM(s) alone because another run holds them (nothing of theirs was removed): %s"
+            % (len(result["locked"]), "; ".join("VM %s: %s" % (x["vm"], x["msg"]) for x in result["locked"])))
+
+
+def prune_held(module, repo, vm, policy, lock=None):
+    """Retention for one VM inside a backup's commit: backup_prune's result fields.
+
+    ``lock``: the VM's lock that the committing run holds (append mode). It is made exclusive
+    in place (no other lock dance); while a restore reads the VM (a shared lock), nothing is
+    removed and RV(locked) / a warning say who holds it, as backup_prune with fail_on_locked=false
+    does: the next prune catches up. Without ``lock``, the VM's lock is taken exclusively for the
+    prune, as backup_prune does. In check mode nothing is locked or removed.
+    """
+    result = empty_result()
+    partial_max_age = parse_duration(PARTIAL_MAX_AGE, "partial_max_age")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        if module.check_mode:
+            got = prune_vm(module, repo, vm, policy, now, partial_max_age)
+        elif lock:
+            _lock.make_exclusive(module, dict(lock, purpose="prune of VM %s" % vm))
+            got = prune_vm(module, repo, vm, policy, now, partial_max_age)
+        else:
+            with holding(module, vm_lock(module, repo, vm, "prune")):
+                got = prune_vm(module, repo, vm, policy, now, partial_max_age)
+    except VmbackupError as exc:
+        if "is locked by" not in exc.msg:
+            raise
+        result["locked"].append({"vm": vm, "msg": exc.msg})
+        module.warn(locked_message(result) + "; the next backup or prune catches up")
+        return result
+    add_vm(result, vm, got)
+    for w in result["broken_chains"]:
+        module.warn(w)
+    return result
+
+
 def prune(module):
     p = module.params
     repo = Repository(p["path"])
     if not os.path.isdir(repo.path):
         raise VmbackupError("repository %s does not exist on the backup node" % repo.path)
-    policy = _policy(p)
-    if not any(policy[k] for k in policy if k.startswith("keep_")):
+    policy = policy_of(p)
+    if not has_rules(policy):
         raise VmbackupError("no retention rule given (keep_last, keep_daily, keep_weekly, keep_monthly, "
                             "keep_yearly are all 0); refusing to prune: that would keep only the newest backup")
     partial_max_age = parse_duration(p["partial_max_age"], "partial_max_age")
     now = _now(p)
     vms = p["vms"] or repo.vms()
-    result = {"changed": False, "removed": [], "kept": [], "partials_removed": [], "broken_chains": [],
-              "damaged": [], "locked": []}
+    result = empty_result()
     before, after = {}, {}
     for vm in vms:
         repo.vm_dir(vm)  # a valid name, before any lock
@@ -388,15 +455,8 @@ def prune(module):
                 raise
             result["locked"].append({"vm": vm, "msg": exc.msg})
             continue
-        result["kept"] += [dict(k, vm=vm) for k in got["kept"]]
-        result["removed"] += [dict(r, vm=vm) for r in got["removed"]]
-        result["broken_chains"] += ["VM %s: %s" % (vm, w) for w in got["warnings"]]
-        result["partials_removed"] += [dict(s, vm=vm) for s in got["stale"]]
-        result["damaged"] += [{"vm": vm, "backup_id": m["backup_id"], "problems": m["problems"]}
-                              for m in got["unreadable"]]
+        add_vm(result, vm, got)
         before[vm], after[vm] = got["before"], got["after"]
-        if got["removed"] or got["stale"]:
-            result["changed"] = True
     for w in result["broken_chains"]:
         module.warn(w)
     if module._diff:
@@ -405,8 +465,7 @@ def prune(module):
                           "before_header": "%s (backups per VM)" % repo.path,
                           "after_header": "%s (backups per VM)" % repo.path}
     if result["locked"]:
-        msg = ("prune left %d VM(s) alone because another run holds them (nothing of theirs was removed): %s"
-               % (len(result["locked"]), "; ".join("VM %s: %s" % (x["vm"], x["msg"]) for x in result["locked"])))
+        msg = locked_message(result)
         if p["fail_on_locked"]:
             module.fail_json(msg=msg + ". Run the prune again later, or give it a longer lock_wait.", **result)
         module.warn(msg)

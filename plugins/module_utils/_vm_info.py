@@ -5,14 +5,28 @@
 
 from __future__ import annotations
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._images import image_chain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._tpm import describe as describe_tpm
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import RUNNING_STATES, URI_ARGSPEC, Virsh
 
+# The VM's lock on the hypervisor, taken before the VM is read: backup_lock's options, as the
+# backup role passed them to it (one module run less per backup).
+LOCK_OPTIONS = dict(
+    path=dict(type="path", required=True),
+    owner=dict(type="str", required=True),
+    purpose=dict(type="str", default=""),
+    node=dict(type="str", default=""),
+    repository=dict(type="str", default=""),
+    break_from=dict(type="str", default=""),
+    wait=dict(type="int", default=0),
+)
+
 ARGUMENT_SPEC = dict(
     name=dict(type="str"),
+    lock=dict(type="dict", options=LOCK_OPTIONS),
     agent_timeout=dict(type="int", default=5),
     include_xml=dict(type="bool", default=False),
     details=dict(type="bool", default=True),
@@ -94,7 +108,43 @@ def _still_there(virsh, name, listed, read, *args):
         raise
 
 
+def lock_params(lock):
+    """backup_lock's parameters (exclusive, no slots) from the O(lock) option."""
+    params = _lock.lock_params(lock["path"], lock["owner"], lock.get("purpose") or "", lock.get("node") or "",
+                               lock.get("wait") or 0, repository=lock.get("repository") or "")
+    params["break_from"] = lock.get("break_from") or ""
+    return params
+
+
 def gather(module):
+    """vm_info's result; with O(lock), the VM's lock first, given back if the VM cannot be described."""
+    p = module.params
+    if not p["lock"]:
+        return _gather(module)
+    if not p["name"]:
+        raise VmbackupError("vm_info: lock needs name (the one VM it locks)")
+    params = lock_params(p["lock"])
+    try:
+        lock = _lock.acquire(module, params)
+    except VmbackupError as exc:
+        exc.details.setdefault("lock", {"held": False, "path": params["path"]})
+        raise
+    try:
+        out = _gather(module)
+    except BaseException as exc:
+        # Nothing of this run may keep the VM locked once it fails (a lock this owner held
+        # before the task stays: its run gives it back).
+        if lock["changed"] and not module.check_mode:
+            _lock.release(module, params)
+        if isinstance(exc, VmbackupError):
+            exc.details.setdefault("lock", {"held": not lock["changed"], "path": params["path"]})
+        raise
+    out["lock"] = lock
+    out["changed"] = bool(lock["changed"])
+    return out
+
+
+def _gather(module):
     p = module.params
     runner = CommandRunner(module)
     virsh = Virsh(runner, p["uri"])

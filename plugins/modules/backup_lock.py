@@ -33,7 +33,12 @@ description:
     like V(exclusive) that lets readers in meanwhile, for a run that only adds. In the repository,
     restores read a VM's backups under a shared lock, a backup holds the VM's lock in V(append)
     mode (it adds a backup and removes nothing a restore reads), and prune and synthetic fulls
-    hold it V(exclusive), so they neither start while a restore reads nor let one start.
+    hold it V(exclusive), so they neither start while a restore reads nor let one start. A backup
+    whose commit applies retention (M(vmbackup.libvirt.backup_repo) with C(keep_*)) turns its
+    V(append) lock into an exclusive one in place, under the guard, when no live reader holds one.
+  - The same locks are taken by M(vmbackup.libvirt.vm_info) O(vmbackup.libvirt.vm_info#module:lock)
+    and given back by M(vmbackup.libvirt.kvm_snapshot) O(vmbackup.libvirt.kvm_snapshot#module:unlock), which
+    saves the backup role two module runs per VM.
   - With O(slots), the lock is any one of the files C(PATH.1) .. C(PATH.N), so at most N runs
     hold it at once. The backup playbook bounds parallel backups per hypervisor and per node this
     way; each VM's backup takes a slot with its own O(owner).

@@ -141,6 +141,9 @@ options:
     default: true
 notes:
   - At least one C(keep_*) rule must be given; a prune with none is refused.
+  - M(vmbackup.libvirt.backup_repo) O(vmbackup.libvirt.backup_repo#module:action=commit) applies the same
+    C(keep_*) rules and O(min_age) to the VM it commits, under the lock it already holds (the backup
+    role uses that); this module is for whole repositories, synthetic fulls and the prune playbook.
 seealso:
   - module: vmbackup.libvirt.backup_repo
 """

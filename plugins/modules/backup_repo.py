@@ -28,6 +28,15 @@ description:
     (read from the image header, before any tool opens it), naming the backup and what is wrong.
     A manifest that cannot be read (not JSON, wrong shape) makes its backup damaged (listed by
     V(list) with its C(problems) in RV(backups)); the VM's other backups are not affected.
+  - Retention. With a C(keep_*) rule, V(commit) applies the policy to O(vm) once the manifest is
+    durable, as M(vmbackup.libvirt.backup_prune) does (same rules, same checks, same result, in
+    RV(prune)), while it still holds the VM's lock in the repository; the lock of O(lock_owner) is
+    made exclusive in place for the prune, so no restore starts reading meanwhile. While a restore
+    already reads the VM (a shared lock), nothing is removed, RV(prune.locked) names it and a warning
+    says the next backup or prune catches up (M(vmbackup.libvirt.backup_prune)'s O(vmbackup.libvirt.backup_prune#module:fail_on_locked=false)).
+    Partial backups untouched for a day and leftovers of an interrupted prune go too. The backup is
+    complete whatever the prune does; a failed prune is returned in RV(prune) (C(failed), C(msg)) and
+    warned about, and the commit succeeds.
   - Runs on the backup node.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
@@ -36,6 +45,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+    details:
+      - V(commit) writes nothing; its RV(prune) is the plan on the backups already complete (the one being
+        committed is not among them).
   diff_mode:
     support: none
   idempotent:
@@ -131,6 +143,37 @@ options:
       - For V(begin) with O(lock_owner), while waiting for the lock write who holds it and how long this
         run still waits to this file, for the C(vmbackup.libvirt.progress) callback. Omit for none.
     type: path
+  keep_last:
+    description:
+      - For V(commit), retention after the backup is complete; see the description. Keep the newest N backups
+        (points in time) of O(vm).
+      - With every C(keep_*) rule V(0) (the default), nothing is pruned and RV(prune) is V(null).
+    type: int
+    default: 0
+  keep_daily:
+    description: For V(commit), keep the newest backup of each of the newest N days (UTC) that have one.
+    type: int
+    default: 0
+  keep_weekly:
+    description: For V(commit), keep the newest backup of each of the newest N ISO weeks that have one.
+    type: int
+    default: 0
+  keep_monthly:
+    description: For V(commit), keep the newest backup of each of the newest N months that have one.
+    type: int
+    default: 0
+  keep_yearly:
+    description: For V(commit), keep the newest backup of each of the newest N years that have one.
+    type: int
+    default: 0
+  min_age:
+    description:
+      - For V(commit) with a C(keep_*) rule, never remove a backup younger than this. Seconds, or a number with
+        C(s), C(m), C(h), C(d) or C(w) (V(36h), V(7d)). V(0) for no minimum.
+    type: str
+    default: "0"
+seealso:
+  - module: vmbackup.libvirt.backup_prune
 """
 
 EXAMPLES = r"""
@@ -150,6 +193,18 @@ EXAMPLES = r"""
     action: abort
     backup_id: "{{ begun.backup_id }}"
     lock_owner: "{{ run_id }}"
+
+- name: Complete it and keep web1's backups of the last 7 days, all in one module run
+  vmbackup.libvirt.backup_repo:
+    path: /srv/vmbackup
+    vm: web1
+    action: commit
+    backup_id: "{{ begun.backup_id }}"
+    lock_owner: "{{ run_id }}"
+    domain_xml: "{{ web1_xml }}"
+    manifest: "{{ web1_manifest }}"
+    keep_daily: 7
+  register: committed  # committed.prune.removed: what retention removed
 
 - name: The newest backup of web1 taken before noon, with its chain
   vmbackup.libvirt.backup_repo:
@@ -220,6 +275,47 @@ lock:
   description: With O(lock_owner), the lock taken (C(held), C(broke_stale), C(path)); V(null) without.
   returned: action=begin
   type: dict
+prune:
+  description:
+    - With a C(keep_*) rule, what retention did to O(vm), with M(vmbackup.libvirt.backup_prune)'s result fields
+      (RV(prune.removed), RV(prune.kept), RV(prune.partials_removed), RV(prune.broken_chains), RV(prune.damaged),
+      RV(prune.locked)); V(null) without one.
+  returned: action=commit
+  type: dict
+  contains:
+    changed:
+      description: Whether anything was removed.
+      type: bool
+    removed:
+      description: The backups removed (would be, in check mode), in deletion order, each with C(vm), C(backup_id), C(reasons).
+      type: list
+      elements: dict
+    kept:
+      description: The backups kept, newest first, each with every reason it is kept for.
+      type: list
+      elements: dict
+    partials_removed:
+      description: Partial and half-deleted backup directories removed, with the reasons.
+      type: list
+      elements: dict
+    broken_chains:
+      description: Backups whose chain is already broken (a parent missing); also given as warnings.
+      type: list
+      elements: str
+    damaged:
+      description: Backups whose manifest cannot be read or trusted (vm, backup_id, problems); left alone.
+      type: list
+      elements: dict
+    locked:
+      description: The VM, when a restore read it and nothing was removed (vm, msg naming the holder).
+      type: list
+      elements: dict
+    failed:
+      description: Present and V(true) when the prune failed (the backup is complete all the same).
+      type: bool
+    msg:
+      description: Why the prune failed and what to do.
+      type: str
 unlocked:
   description: Whether the VM's lock of O(lock_owner) was given back.
   returned: action=commit or action=abort

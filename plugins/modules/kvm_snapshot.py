@@ -110,6 +110,23 @@ options:
     description: Seconds a blockcommit may take before it is aborted.
     type: int
     default: 3600
+  unlock:
+    description:
+      - With O(state=kept) or O(state=merged), give back this lock on the hypervisor (as
+        M(vmbackup.libvirt.backup_lock) O(vmbackup.libvirt.backup_lock#module:state=absent) would, only if O(unlock.owner)
+        holds it) once the overlays are kept or merged, also when there was nothing to merge
+        (RV(unlock)). When the merge fails, the lock stays for the caller's cleanup.
+      - The backup role gives the VM's lock back here for VMs with file disks only.
+    type: dict
+    suboptions:
+      path:
+        description: The lock file, as given to M(vmbackup.libvirt.backup_lock) or M(vmbackup.libvirt.vm_info).
+        type: path
+        required: true
+      owner:
+        description: The lock's owner, usually the run's ID.
+        type: str
+        required: true
 notes:
   - Xen through libvirt has no disk-only snapshots; a running Xen VM's file disks are refused
     with a clear message (use LVM or RBD disks, or back the VM up shut off).
@@ -131,6 +148,9 @@ EXAMPLES = r"""
     name: web1
     snapshot: 20261122T010000Z
     state: kept
+    unlock:  # the lock vm_info took for this backup
+      path: /var/lock/vmbackup/web1.lock
+      owner: "{{ run_id }}"
 
 - name: Put web1 back on its original files
   vmbackup.libvirt.kvm_snapshot:
@@ -194,6 +214,13 @@ disks:
       description: The whole chain, top first.
       type: list
       elements: dict
+unlock:
+  description:
+    - With O(unlock), the lock given back - C(changed) (whether a lock of O(unlock.owner) was there), C(held)
+      (V(false)), C(path) (the file removed, or V(null)).
+  returned: with O(unlock) and success
+  type: dict
+  sample: {changed: true, held: false, path: /var/lock/vmbackup/web1.lock}
 excluded:
   description: Disks left alone, with the reason.
   returned: always

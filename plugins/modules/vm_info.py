@@ -14,13 +14,30 @@ description:
     autostart, guest agent, and every disk with its backend (C(file), C(block),
     C(rbd), or C(other) with the reason it would be skipped), format, source,
     virtual and allocated size, and for file disks the backing chain.
+  - With O(lock), first takes the VM's lock on the hypervisor, as M(vmbackup.libvirt.backup_lock)
+    would with the same options (so a backup needs one module run less); it waits up to
+    O(lock.wait) seconds for another live run, breaks a stale lock, and fails naming the holder.
+    If the VM then cannot be described, the lock this task took is given back before it fails
+    (C(lock.held) is V(false) in the failed result).
   - Runs on the hypervisor.
 author:
   - vmbackup.libvirt maintainers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.libvirt.attributes
-  - vmbackup.libvirt.attributes.INFO_MODULE
   - vmbackup.libvirt.libvirt
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Changes nothing; with O(lock), it only reports whether the lock could be taken.
+  diff_mode:
+    support: N/A
+    details:
+      - The only change it can make is taking O(lock).
+  idempotent:
+    support: full
+    details:
+      - A second run with the same O(lock) finds the lock its owner holds and changes nothing.
 options:
   name:
     description:
@@ -56,6 +73,44 @@ options:
         the task no C(no_log) of its own, or its errors are hidden too.
     type: bool
     default: false
+  lock:
+    description:
+      - Take this lock (a file on the hypervisor) for O(name) before reading it; the task is changed when it was taken.
+        Give it back with M(vmbackup.libvirt.backup_lock) O(vmbackup.libvirt.backup_lock#module:state=absent),
+        or O(vmbackup.libvirt.kvm_snapshot#module:unlock).
+      - Needs O(name).
+    type: dict
+    suboptions:
+      path:
+        description: The lock file, for example C(/var/lock/vmbackup/VM.lock).
+        type: path
+        required: true
+      owner:
+        description: Who holds it, usually the run's ID. A lock this owner already holds is used as it is.
+        type: str
+        required: true
+      purpose:
+        description: What the lock is for, shown to a run that finds it held.
+        type: str
+        default: ""
+      node:
+        description: The backup node's name, recorded in the lock.
+        type: str
+        default: ""
+      repository:
+        description: The repository the lock is taken for, recorded in the lock (see O(lock.break_from)).
+        type: str
+        default: ""
+      break_from:
+        description:
+          - Break a lock taken by an earlier run from this node into the same O(lock.repository) (that run
+            is dead, as the caller holds the node's lock for the VM there).
+        type: str
+        default: ""
+      wait:
+        description: Seconds to wait while another live run holds the lock.
+        type: int
+        default: 0
 requirements:
   - python lxml on the hypervisor.
   - qemu-img on the hypervisor for the backing chain of file disks.
@@ -66,6 +121,17 @@ EXAMPLES = r"""
   vmbackup.libvirt.vm_info:
     name: web1
   register: web1_info
+
+- name: Lock web1 on the hypervisor, then describe it
+  vmbackup.libvirt.vm_info:
+    name: web1
+    include_xml: true
+    lock:
+      path: /var/lock/vmbackup/web1.lock
+      owner: "{{ run_id }}"
+      purpose: backup of VM web1
+      wait: 60
+  register: web1_locked
 
 - name: Every VM on a Xen host
   vmbackup.libvirt.vm_info:
@@ -78,6 +144,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+lock:
+  description:
+    - With O(lock), the lock - C(held), C(path), C(broke_stale) (the stale lock broken, or V(null)), C(waited),
+      C(waited_for). In a failed result, C(held) and C(path) only.
+  returned: with O(lock)
+  type: dict
+  sample: {held: true, path: /var/lock/vmbackup/web1.lock, broke_stale: null, waited: 0, waited_for: null}
 secrets_returned:
   description: Whether RV(vms) holds domain XML with its secrets (O(include_xml)); its output was hidden.
   returned: success

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import stat
@@ -11,6 +12,8 @@ import stat
 import pytest
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _backup_repo
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _retention
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
 
 
@@ -20,6 +23,10 @@ class FakeModule:
         self.no_log_values = set()  # as AnsibleModule: values masked in every result and error
         self.params = dict((k, v.get("default")) for k, v in _backup_repo.ARGUMENT_SPEC.items())
         self.params.update(params)
+        self.warnings = []
+
+    def warn(self, msg):
+        self.warnings.append(msg)
 
 
 def test_begin_creates_a_private_repository_and_cleans_dead_partials(tmp_path):
@@ -129,3 +136,86 @@ def test_commit_masks_the_domain_passwords(tmp_path):
                                    "</devices></domain>")
     _backup_repo.run(module)
     assert module.no_log_values == {"pw-1"}
+
+
+# --------------------------------------------------------------------------
+# retention inside commit: each case commits the full backup C of web1 (A full, B incremental
+# on A already there, hours old) with these options; then what is left, what prune says, the lock.
+
+def _hours_ago(h):
+    return (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=h)).strftime("%Y%m%dT%H%M%SZ")
+
+
+COMMIT_PRUNE_CASES = [
+    dict(id="no_rule_prunes_nothing", options={}, left="ABC", prune=None),
+    dict(id="min_age_alone_is_not_read", options={"min_age": "soon"}, left="ABC", prune=None),
+    dict(id="keep_last_1_removes_the_older_chain_newest_first", options={"keep_last": 1}, left="C",
+         prune={"removed": "BA", "kept": "C", "locked": 0}),
+    dict(id="keep_last_2_keeps_what_b_needs", options={"keep_last": 2}, left="ABC",
+         prune={"removed": "", "kept": "CBA", "locked": 0}),
+    dict(id="min_age_keeps_young_backups", options={"keep_last": 1, "min_age": "1d"}, left="ABC",
+         prune={"removed": "", "kept": "CBA", "locked": 0}),
+    dict(id="a_reader_keeps_everything_and_is_named", options={"keep_last": 1}, reader=True, left="ABC",
+         prune={"removed": "", "kept": "", "locked": 1}, warning="prune left 1 VM(s) alone"),
+    dict(id="without_lock_owner_prune_takes_the_lock_itself", options={"keep_last": 1}, lock_owner=None,
+         left="C", prune={"removed": "BA", "kept": "C", "locked": 0}),
+    dict(id="check_mode_plans_on_what_is_there", options={"keep_last": 1}, check_mode=True, left="AB",
+         prune={"removed": "", "kept": "BA", "locked": 0}),
+    dict(id="negative_rule_refused_before_anything_is_written", options={"keep_daily": -1},
+         error="keep_daily must be 0 or more", left="AB"),
+    dict(id="bad_min_age_refused_before_anything_is_written", options={"keep_last": 1, "min_age": "soon"},
+         error="min_age 'soon' is not a duration", left="AB"),
+    dict(id="a_failed_prune_leaves_the_backup_complete", options={"keep_last": 1}, fail_removal=True,
+         left="ABC", prune={"removed": "", "kept": "", "locked": 0, "failed": True},
+         warning="backup %(C)s is complete, but retention failed: disk on fire"),
+]
+
+
+@pytest.mark.parametrize("case", COMMIT_PRUNE_CASES, ids=[c["id"] for c in COMMIT_PRUNE_CASES])
+def test_commit_applies_retention_under_the_vms_lock(tmp_path, monkeypatch, case):
+    repo = str(tmp_path / "repo")
+    ids = {"A": _hours_ago(3), "B": _hours_ago(2), "C": _hours_ago(1)}
+    for key, parent in (("A", None), ("B", "A")):
+        _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id=ids[key]))
+        _backup_repo.run(FakeModule(path=repo, vm="web1", action="commit", backup_id=ids[key], domain_xml="<domain/>",
+                                    manifest={"type": "incremental" if parent else "full",
+                                              "parent": ids.get(parent), "disks": []}))
+    owner = case.get("lock_owner", "run-c")
+    _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id=ids["C"], lock_owner=owner))
+    lock = os.path.join(repo, ".locks", "web1.lock")
+    if case.get("reader"):
+        reader = FakeModule(path=lock, owner="restore-1")
+        _lock.acquire(reader, _lock.lock_params(lock, "restore-1", "restore of VM web1", mode="shared"))
+    if case.get("fail_removal"):
+        def on_fire(_repo, _vm, _backup_id):
+            raise OSError("disk on fire")
+        monkeypatch.setattr(_retention, "remove_backup", on_fire)
+    module = FakeModule(check_mode=case.get("check_mode", False), path=repo, vm="web1", action="commit",
+                        backup_id=ids["C"], lock_owner=owner, domain_xml="<domain/>",
+                        manifest={"type": "full", "parent": None, "disks": []}, **case["options"])
+    if case.get("error"):
+        with pytest.raises(VmbackupError, match=case["error"]):
+            _backup_repo.run(module)
+    else:
+        got = _backup_repo.run(module)
+        want = case["prune"]
+        if want is None:
+            assert got["prune"] is None
+        else:
+            assert [r["backup_id"] for r in got["prune"]["removed"]] == [ids[k] for k in want["removed"]]
+            assert [k["backup_id"] for k in got["prune"]["kept"]] == [ids[k] for k in want["kept"]]
+            assert len(got["prune"]["locked"]) == want["locked"]
+            assert got["prune"].get("failed", False) is want.get("failed", False)
+            if want["locked"]:
+                assert "restore of VM web1, shared" in got["prune"]["locked"][0]["msg"]
+        if not module.check_mode:
+            # The lock goes with the commit, whatever the prune did; the reader's stays.
+            assert got["unlocked"] is bool(owner) and not os.path.exists(lock)
+            assert os.path.exists(_lock.shared_path(lock, "restore-1")) is bool(case.get("reader"))
+    if case.get("warning"):
+        assert any(case["warning"] % ids in w for w in module.warnings), module.warnings
+    left = sorted(e for e in os.listdir(os.path.join(repo, "web1")) if not e.startswith("."))
+    assert left == sorted(ids[k] for k in case["left"])
+    # A refused commit leaves the partial backup for abort; a commit moves it into place.
+    assert os.path.isdir(os.path.join(repo, "web1", ".partial-" + ids["C"])) is bool(
+        case.get("error") or case.get("check_mode"))

@@ -205,3 +205,59 @@ def test_an_appending_holder_lets_readers_in_but_not_another_writer(tmp_path):
     assert take(path, "backup-2", mode="append")["held"]
     with pytest.raises(VmbackupError, match="does not combine with slots"):
         take(path, "x", mode="shared", slots=2)
+
+
+# make_exclusive: a backup's append lock turned exclusive in place, for the prune in its commit.
+# Each case: who holds PATH (mode), the readers there, check mode; then the error (a regex) or
+# the lock's mode afterwards, and whether a new reader is refused.
+MAKE_EXCLUSIVE_CASES = [
+    dict(id="append_lock_no_reader", holder=("backup-1", "append"), readers=[], check=False,
+         error=None, mode="exclusive", changed=True, reader_refused=True),
+    dict(id="already_exclusive", holder=("backup-1", "exclusive"), readers=[], check=False,
+         error=None, mode="exclusive", changed=False, reader_refused=True),
+    dict(id="live_reader_keeps_it_append", holder=("backup-1", "append"), readers=["live"], check=False,
+         error=r"prune of VM web1 is locked by run restore-live \(restore of VM web1, shared\)", mode="append",
+         changed=None, reader_refused=False),
+    dict(id="dead_reader_is_broken", holder=("backup-1", "append"), readers=["dead"], check=False,
+         error=None, mode="exclusive", changed=True, reader_refused=True),
+    dict(id="check_mode_changes_nothing", holder=("backup-1", "append"), readers=[], check=True,
+         error=None, mode="append", changed=True, reader_refused=False),
+    dict(id="lock_of_another_run", holder=("backup-2", "append"), readers=[], check=False,
+         error=r"run backup-1 does not hold the lock .*held by run backup-2", mode="append", changed=None,
+         reader_refused=False),
+    dict(id="no_lock_at_all", holder=None, readers=[], check=False,
+         error=r"run backup-1 does not hold the lock .*it is free", mode=None, changed=None, reader_refused=False),
+]
+
+
+@pytest.mark.parametrize("case", MAKE_EXCLUSIVE_CASES, ids=[c["id"] for c in MAKE_EXCLUSIVE_CASES])
+def test_make_exclusive(tmp_path, case):
+    path = tmp_path / "web1.lock"
+    if case["holder"]:
+        owner, mode = case["holder"]
+        assert take(path, owner, mode=mode, purpose="backup of VM web1")["held"]
+    for kind in case["readers"]:
+        if kind == "live":
+            assert take(path, "restore-live", mode="shared", purpose="restore of VM web1")["held"]
+        else:
+            with open(_lock.shared_path(str(path), "restore-dead"), "w") as fh:
+                json.dump(_alive_lock(owner="restore-dead", mode="shared", pid_start="1"), fh)
+    module = FakeModule(check_mode=case["check"], path=str(path), owner="backup-1")
+    params = dict(module.params, purpose="prune of VM web1")
+    if case["error"]:
+        with pytest.raises(VmbackupError, match=case["error"]):
+            _lock.make_exclusive(module, params)
+    else:
+        got = _lock.make_exclusive(module, params)
+        assert got["held"] and got["path"] == str(path) and got["changed"] is case["changed"]
+    if case["mode"]:
+        assert json.loads(path.read_text())["mode"] == case["mode"]
+    else:
+        assert not path.exists()
+    if case["holder"]:
+        if case["reader_refused"]:
+            with pytest.raises(VmbackupError, match="is locked by run"):
+                take(path, "restore-new", mode="shared")
+        elif not case["readers"]:
+            assert take(path, "restore-new", mode="shared")["held"]
+    assert not os.path.exists(str(path) + ".tmp")
