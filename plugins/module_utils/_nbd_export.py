@@ -44,7 +44,6 @@ def qemu_opt(value):
     return str(value).replace(",", ",,")
 
 
-
 # The server side of an NBD export, run by python3 on the hypervisor (or the node, for
 # transport=local). A fixed text, and so is its command line (SERVER_BOOTSTRAP): the script,
 # its parameters (one JSON line) and the key (if any) come on stdin, in that order, so nothing
@@ -379,7 +378,6 @@ class NbdExport:
         return False
 
 
-
 CLOSE_TIMEOUT = 300  # seconds qemu-nbd may take to flush and exit once its client is done
 
 
@@ -397,4 +395,3 @@ def _status(status):
 
 def _url_host(address):
     return "[%s]" % address if ":" in address else address
-

@@ -39,6 +39,7 @@ DATA_CHANNEL_ARGSPEC = dict(
     data_port=dict(type="int", default=0),
 )
 
+
 class Hypervisor:
     """How the node reaches a hypervisor: over SSH, or locally when they are one machine."""
 
@@ -156,4 +157,3 @@ def ssh_failure_message(hv, stderr, doing=None, remedy=None):
 def _lost_connection(err):
     return any(m in err for m in ("closed by remote host", "Broken pipe", "Connection reset",
                                   "Timeout, server", "client_loop:", "Connection closed"))
-

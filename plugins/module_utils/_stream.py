@@ -102,6 +102,7 @@ def writing_part(dest, host, what="image"):
                                 "full. Free space or prune old backups; the partial %s was removed." % (dest, host, what))
         raise
 
+
 def copy_stream(src, path, progress):
     """Copy a byte stream into ``path`` (0600 from creation on) in constant memory, fsynced."""
     sent = 0
@@ -116,4 +117,3 @@ def copy_stream(src, path, progress):
             progress.update(done=sent)
         out.flush()
         os.fsync(out.fileno())
-
