@@ -48,9 +48,9 @@ def qemu_opt(value):
 # transport=local). A fixed text, and so is its command line (SERVER_BOOTSTRAP): the script,
 # its parameters (one JSON line) and the key (if any) come on stdin, in that order, so nothing
 # is quoted for the remote shell and no value (the key least of all) is on a command line.
-# It makes the export's private 0700
-# directory (it must not exist yet), writes the key file (0600) there, starts qemu-nbd (no
-# --fork: its exit status is the verdict on the transfer, on restores its final flush), says
+# It makes the export's private 0700 directory (it must not exist yet), writes the key file
+# (0600) there, starts qemu-nbd (no --fork: its exit status is the verdict on the transfer, on
+# restores its final flush), says
 # READY when qemu-nbd wrote its pid file (it listens by then), waits until the node closes
 # stdin (or the connection drops). After "done" (the transfer succeeded) it waits for qemu-nbd
 # to exit (its client is gone, it flushes), otherwise it stops it; it reports qemu-nbd's exit
@@ -132,7 +132,7 @@ finally:
 '''
 DONE = "VMBACKUP-NBD-EXIT"
 # The session's whole command line: python3 reads NBD_SERVER (a JSON string) from stdin and runs
-# it; the script goes on reading the same stdin. No quote, no value: the same text for every export.
+# it; the script goes on reading the same stdin. A constant: nothing in it comes from the export.
 SERVER_BOOTSTRAP = "import json, sys; exec(json.loads(sys.stdin.readline()))"
 
 
