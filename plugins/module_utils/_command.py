@@ -7,7 +7,8 @@ Every command is an argument list (never a shell string), runs in the C locale
 so that parsed output is stable, and finds its binary by name with a clear
 error when it is missing. A failure raises CommandError, whose message quotes
 the host, the command, its rc, stdout and stderr, and what to do about it.
-Unit tests patch ``AnsibleModule.run_command``: that is the command boundary.
+Unit tests patch ``AnsibleModule.run_command``: that is the command boundary for short
+commands; for streams (``CommandRunner.spawn``) it is ``popen`` below.
 """
 
 from __future__ import annotations
@@ -107,8 +108,13 @@ class CommandRunner:
         env = dict(os.environ)
         env.update(C_LOCALE)
         full = self.argv(argv) if resolve else [str(a) for a in argv]
-        return subprocess.Popen(full, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
-                                preexec_fn=_die_with_parent)
+        return popen(full, stdin=stdin, stdout=stdout, stderr=stderr, env=env, preexec_fn=_die_with_parent)
+
+
+def popen(argv, **kwargs):
+    """The boundary of streamed commands, as ``AnsibleModule.run_command`` is of short ones:
+    unit tests replace this one function to answer ``spawn`` with stand-in processes."""
+    return subprocess.Popen(argv, **kwargs)
 
 
 def _die_with_parent():

@@ -370,10 +370,10 @@ def test_ssh_connection_dropped(bed, repo):
     proc = bed.start(BACKUP, {"vmbackup_vms": VM, "vmbackup_repository": repo}, "ssh-drop")
     wait_for("the node-side transfer of vdb", lambda: transfer_pids(repo), 600, proc)
     time.sleep(0.5)
-    # Only the connection that serves this transfer (other test runs may use hv1 too): the shell on the
-    # hypervisor side that runs qemu-nbd for our vdb, and the sshd child of the hv1 listener above it.
-    shells = find_procs("VMBACKUP-NBD-READY", bed.paths["vdb"], argv0="python3")
-    conns = {c for c in (_sshd_connection_of(p, listener) for p in shells) if c}
+    # Only the connection that serves this transfer (other test runs may use hv1 too): qemu-nbd on the
+    # hypervisor side for our vdb, and the sshd child of the hv1 listener above it.
+    servers = find_procs("qemu-nbd", "--read-only", bed.paths["vdb"])
+    conns = {c for c in (_sshd_connection_of(p, listener) for p in servers) if c}
     if conns:
         how = "killed sshd child %s" % sorted(conns)
         for pid in conns:

@@ -71,13 +71,23 @@ def cmdlines():
 
 
 def find_transfer(needles, program="ssh"):
-    """PIDs of node-side ``program`` processes whose command line holds every needle."""
+    """PIDs of node-side ``program`` processes whose command line holds every needle.
+
+    An export's SSH session names none of qemu-nbd's arguments (they reach the hypervisor on its
+    stdin): with "qemu-nbd" among the needles, it is the ssh that forwards the socket of the
+    qemu-nbd whose command line holds the others."""
+    procs = list(cmdlines())
+    wanted = [needles]
+    if "qemu-nbd" in needles:
+        wanted = [[":" + argv[argv.index("-k") + 1]] for _pid, argv in procs
+                  if os.path.basename(argv[0]) == "qemu-nbd" and "-k" in argv[:-1]
+                  and all(n in " ".join(argv) for n in needles if n != "qemu-nbd")]
     found = []
-    for pid, argv in cmdlines():
+    for pid, argv in procs:
         if os.path.basename(argv[0]) != program:
             continue
         line = " ".join(argv)
-        if all(n in line for n in needles):
+        if any(all(n in line for n in w) for w in wanted):
             found.append(pid)
     return found
 

@@ -1,12 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: vmbackup.libvirt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The data channels of _transfer.NbdExport through the runner seam.
+"""The data channels of _nbd_export.NbdExport (through _transfer) at the runner's two entry points.
 
 The runner is faked at its two entry points: ``run`` (qemu-img convert and map; recorded) and
 ``spawn`` (the export's session; recorded, and answered by a stand-in process that speaks the
-session's protocol: it reads the key line, says READY, reads until stdin closes, reports
-qemu-nbd's exit status). No ssh, no qemu-nbd: the argv and what crosses stdin are the subject.
+session's protocol: it reads the script, parameters and key lines, says READY, reads until stdin
+closes, reports qemu-nbd's exit status). No ssh, no qemu-nbd: the argv and what crosses stdin are the subject.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import sys
 
 import pytest
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _nbd_export
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandError, VmbackupError
 
 STAND_IN = r'''
 import sys, time
 mode, log = sys.argv[1], sys.argv[2]
-first = sys.stdin.readline()
+first = "".join(sys.stdin.readline() for _i in range(3))  # script, parameters, key
 sys.stdout.write("VMBACKUP-NBD-READY\n"); sys.stdout.flush()
 if mode == "drop":
     time.sleep(0.2)
@@ -91,18 +92,18 @@ def hv_for(runner, channel, tmp_path, transport="ssh"):
 
 
 def stdin_lines(runner):
+    """What the session read after the script and its parameters: the key line, then the rest."""
     with open(runner.stdin_log) as fh:
-        return fh.read().splitlines()
+        return fh.read().splitlines()[2:]
 
 
-def server_params(argv):
-    """The JSON argument of NBD_SERVER in an ssh argv (its last item is the remote command)."""
-    remote = argv[-1]
-    assert remote.startswith("python3 -c ")
-    import shlex
-    words = shlex.split(remote)
-    assert words[2] == transfer.NBD_SERVER
-    return json.loads(words[3])
+def server_params(runner, argv):
+    """NBD_SERVER's parameters, from the session's stdin; its command line is the fixed bootstrap."""
+    assert argv[-1] == "python3 -c '%s'" % _nbd_export.SERVER_BOOTSTRAP, argv[-1]
+    with open(runner.stdin_log) as fh:
+        script, params = fh.read().splitlines()[:2]
+    assert json.loads(script) == _nbd_export.NBD_SERVER
+    return json.loads(params)
 
 
 # channel, the qemu-nbd arguments that must be there, those that must not, the forward
@@ -122,7 +123,7 @@ def test_backup_argv_per_channel(tmp_path, channel, present, absent, forward):
     dest = str(tmp_path / "vda.qcow2")
     transfer.pull_full(runner, hv, "/img/vm1.qcow2", "qcow2", dest)
     (argv,) = runner.spawned
-    params = server_params(argv)
+    params = server_params(runner, argv)
     nbd = params["argv"]
     for a in present:
         assert a in nbd, (a, nbd)
@@ -167,7 +168,7 @@ def test_tls_both_ends_prefer_aes_gcm(tmp_path, direction):
         transfer.pull_full(runner, hv, "/img/vm1.qcow2", "qcow2", str(tmp_path / "vda.qcow2"))
     else:
         transfer.push(runner, hv, str(tmp_path / "top.qcow2"), "/img/new.raw", "raw", target_is_zero=True)
-    nbd = server_params(runner.spawned[0])["argv"]
+    nbd = server_params(runner, runner.spawned[0])["argv"]
     convert = [a for a in runner.ran if a[:2] == ["qemu-img", "convert"]][0]
     prio = "priority=NORMAL:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305"
     server = nbd[nbd.index("--object") + 1]
@@ -189,7 +190,7 @@ def test_restore_over_tls_writes_through_target_image_opts(tmp_path):
     runner = FakeRunner(tmp_path)
     transfer.push(runner, hv_for(runner, "tls", tmp_path), str(tmp_path / "top.qcow2"), "/img/new.raw", "raw",
                   target_is_zero=True)
-    params = server_params(runner.spawned[0])
+    params = server_params(runner, runner.spawned[0])
     assert "--read-only" not in params["argv"] and "--discard=unmap" in params["argv"]
     convert = runner.ran[0]
     assert "--target-image-opts" in convert and "-O" not in convert
@@ -217,8 +218,9 @@ def test_local_transport_serves_a_private_unix_socket(tmp_path):
     hv = hv_for(runner, "tls", tmp_path, transport="local")
     transfer.push(runner, hv, "/r/top.qcow2", "/img/new.raw", "raw")
     argv = runner.spawned[0]
-    assert argv[0] == sys.executable and argv[2] == transfer.NBD_SERVER
-    params = json.loads(argv[3])
+    assert argv == [sys.executable, "-c", _nbd_export.SERVER_BOOTSTRAP]
+    with open(runner.stdin_log) as fh:
+        params = json.loads(fh.read().splitlines()[1])
     assert "-k" in params["argv"] and not params["tls"]
     assert runner.ran[0][-1].startswith("nbd+unix:///?socket=")
 
@@ -312,18 +314,18 @@ def test_nbd_server_hands_a_nodelay_socket_to_qemu_nbd(tmp_path):
     report = tmp_path / "report.json"
     port = _free_port()
     params = {"dir": str(tmp_path / "srv"), "argv": [sys.executable, str(fake), "--shared=1", "--read-only"],
-              "image": "/img/vm1.qcow2", "tls": False, "user": "vmbackup", "ready": transfer.READY,
-              "done": transfer.DONE, "timeout": 20, "close_timeout": 20, "listen": ["127.0.0.1", port]}
+              "image": "/img/vm1.qcow2", "tls": False, "user": "vmbackup", "ready": _nbd_export.READY,
+              "done": _nbd_export.DONE, "timeout": 20, "close_timeout": 20, "listen": ["127.0.0.1", port]}
     env = dict(os.environ, FAKE_REPORT=str(report))
-    proc = subprocess.Popen([sys.executable, "-c", transfer.NBD_SERVER, json.dumps(params)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", _nbd_export.SERVER_BOOTSTRAP], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdin.write(b"\n")
+    proc.stdin.write(_nbd_export.server_input(params))
     proc.stdin.flush()
-    assert proc.stdout.readline().decode().strip() == transfer.READY
+    assert proc.stdout.readline().decode().strip() == _nbd_export.READY
     with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
         client.recv(1)  # the fake closes after its checks
     out, err = proc.communicate(b"done\n", timeout=30)
-    assert out.decode().split() == [transfer.DONE, "0"], err
+    assert out.decode().split() == [_nbd_export.DONE, "0"], err
     got = json.loads(report.read_text())
     assert got["listen_pid_is_mine"] and got["listen_fds"] == "1"
     assert got["listening_on"] == ["127.0.0.1", port]
@@ -339,10 +341,10 @@ def test_nbd_server_says_which_address_it_cannot_listen_on(tmp_path):
         taken.listen(1)
         port = taken.getsockname()[1]
         params = {"dir": str(tmp_path / "srv"), "argv": ["false"], "image": "/img/x", "tls": False, "user": "u",
-                  "ready": transfer.READY, "done": transfer.DONE, "timeout": 5, "close_timeout": 5,
+                  "ready": _nbd_export.READY, "done": _nbd_export.DONE, "timeout": 5, "close_timeout": 5,
                   "listen": ["127.0.0.1", port]}
-        cp = subprocess.run([sys.executable, "-c", transfer.NBD_SERVER, json.dumps(params)], input=b"\n",
+        cp = subprocess.run([sys.executable, "-c", _nbd_export.SERVER_BOOTSTRAP], input=_nbd_export.server_input(params),
                             capture_output=True, timeout=30, check=False)
-    assert cp.returncode == 4 and transfer.READY.encode() not in cp.stdout
+    assert cp.returncode == 4 and _nbd_export.READY.encode() not in cp.stdout
     assert ("cannot listen on 127.0.0.1 port %d" % port).encode() in cp.stderr
     assert not os.path.exists(params["dir"])
