@@ -18,7 +18,7 @@ description:
     around all the snapshots, and whether any disk may be a delta.
   - The per-disk decisions come from P(vmbackup.libvirt.backup_transfers#filter) once the snapshots
     are taken.
-positional: begin, backup_type
+positional: begin, backup_type, unsupported, shareable
 options:
   _input:
     description: The VM entry (C(vms[0])) of M(vmbackup.libvirt.vm_info).
@@ -35,12 +35,26 @@ options:
     type: str
     choices: [auto, full, incremental]
     default: auto
+  unsupported:
+    description:
+      - The backup role's C(backup_unsupported_disks). Given (with or without O(shareable)), the plan
+        also carries P(vmbackup.libvirt.backup_disk_plan#filter)'s verdict - C(refused), C(skipped), C(warnings).
+    type: str
+    choices: [fail, skip]
+  shareable:
+    description: The backup role's C(backup_shareable_disks), as O(unsupported).
+    type: str
+    choices: [skip, fail]
 """
 
 EXAMPLES = r"""
 - name: Plan the backup of the VM
   ansible.builtin.set_fact:
     plan: "{{ info.vms[0] | vmbackup.libvirt.backup_plan(begun, 'incremental') }}"
+
+- name: Plan it, refusing unsupported disks and leaving shareable ones out
+  ansible.builtin.set_fact:
+    plan: "{{ info.vms[0] | vmbackup.libvirt.backup_plan(begun, 'auto', 'fail', 'skip') }}"
 """
 
 RETURN = r"""
@@ -66,6 +80,19 @@ _value:
     rbd_parent:
       description: The backup whose RBD snapshot an RBD diff starts from, or V(null) for a full export.
       type: str
+    refused:
+      description:
+        - With O(unsupported) or O(shareable), why the backup may not go on (the disks that block it, each with
+          its reason and what to do), or V(null).
+      type: str
+    skipped:
+      description: With O(unsupported) or O(shareable), the disks left out, each with C(target) and C(reason).
+      type: list
+      elements: dict
+    warnings:
+      description: With O(unsupported) or O(shareable), a warning per disk left out that the VM writes.
+      type: list
+      elements: str
 """
 
 

@@ -6,6 +6,9 @@
 - ``manifest(vm, snapshot, transfers, parent)``: what backup_repo action=commit writes as the
   manifest (the repository adds the IDs, times and totals): the backup's type and parent, the
   VM's state and extra files, one entry per disk a transfer carried, and the disks left out.
+- ``manifest_of_run(vm, plan, steps)``: the same from the backup role's plan and the registered
+  results of its steps (one disk_transfer run for the file and LVM disks, the rbd_transfer loop),
+  with the hypervisor, URI and start time the role records.
 - ``excluded_disks(vm, snapshot, backed_up)``: the disks left out, each with its reason.
 
 Inputs: vm_info's ``vms[0]``, kvm_snapshot state=present, and the registered loops of
@@ -15,6 +18,8 @@ disk_transfer (file and LVM disks) and rbd_transfer (RBD disks).
 from __future__ import annotations
 
 import os
+
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_plan import transfers as planned_transfers
 
 
 def transfer_results(transfers):
@@ -113,4 +118,21 @@ def excluded_disks(vm, snapshot, backed_up):
         if target in backed_up or target in named:
             continue
         out.append({"target": target, "reason": disk.get("skip_reason") or "not backed up"})
+    return out
+
+
+def manifest_of_run(vm, plan_, steps):
+    """The manifest of one run of the backup role. ``steps``: begin, snapshot, lvm_snapshot,
+    transfers (disk_transfer with ``disks``, in the order of backup_transfers('disk_transfer')),
+    rbd_transfers (the loop of rbd_transfer), hypervisor, uri."""
+    planned = (planned_transfers(plan_, "file", steps.get("snapshot"))
+               + planned_transfers(plan_, "block", steps.get("lvm_snapshot")))
+    done = (steps.get("transfers") or {}).get("disks") or []
+    if len(done) != len(planned):  # a manifest must never name a disk for the wrong image
+        raise ValueError("backup_manifest: disk_transfer moved %d disks, the plan has %d" % (len(done), len(planned)))
+    carried = {"results": [dict(result, item=entry) for entry, result in zip(planned, done)]}
+    begin = steps.get("begin") or {}
+    parent = (begin.get("parent") or {}).get("backup_id")
+    out = manifest(vm, steps.get("snapshot") or {}, [carried, steps.get("rbd_transfers")], parent)
+    out.update(hypervisor=steps.get("hypervisor"), uri=steps.get("uri"), started=begin.get("started"))
     return out

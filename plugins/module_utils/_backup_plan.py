@@ -16,6 +16,9 @@ step does with the results of the steps before it is decided here:
   step returned: the image to read, the mode (``full`` / ``delta`` / ``incremental``), the
   parent image of a delta, and ``reason``, why the disk is copied that way.
 - ``extra_files(nvram, tpm)``: the ``files`` of backup_repo action=commit (nvram.fd, tpm-*).
+- ``disk_transfers(plan, steps)``: disk_transfer's ``disks``, the file and LVM disks in one run.
+- ``steps_left(steps)``: what the rescue and always sections still have to undo, read from the
+  registered results of the steps so far (no stage variable).
 - ``record(run, result)``: the backup_result filter, one of the records below by ``result``.
 - ``result_ok`` / ``result_failed`` / ``with_cleanup_warnings``: the VM's record in the run's
   results (the keys report.yml, the run summary and the JSON/JUnit reports read);
@@ -96,14 +99,31 @@ def full_reason(begin, backup_type):
     return None
 
 
-def plan(vm, begin, backup_type="auto"):
-    """The VM's backup plan, from vm_info's entry, backup_repo action=begin and backup_type."""
+def refusal(blocking):
+    """Why the backup is refused (the disks that block it, each with its reason and what to do), or None."""
+    if not blocking:
+        return None
+    return ("has disks the collection cannot back up: %s."
+            % "; ".join("%s: %s: %s" % (d["target"], d["reason"], d["hint"]) for d in blocking))
+
+
+def plan(vm, begin, backup_type="auto", unsupported=None, shareable=None):
+    """The VM's backup plan, from vm_info's entry, backup_repo action=begin and backup_type.
+
+    With the role's disk settings (``unsupported``, ``shareable``), the plan also carries
+    disk_plan's verdict: ``refused`` (why the backup may not go on, or None), ``skipped`` and
+    ``warnings``.
+    """
     disks = list((vm or {}).get("disks") or [])
     backends = dict((kind, [d for d in disks if d.get("backend") == kind]) for kind in BACKENDS)
     others = backends["block"] + backends["rbd"]
     reason = full_reason(begin, backup_type)
     parent = _parent_of(begin)
-    return {
+    verdict = {}
+    if unsupported is not None or shareable is not None:
+        found = disk_plan(disks, unsupported or "fail", shareable or "skip")
+        verdict = {"refused": refusal(found["blocking"]), "skipped": found["skipped"], "warnings": found["warnings"]}
+    return dict(verdict, **{
         "backends": backends,
         "file_only": not others,
         # Several backends of a running VM: the guest is frozen (or paused) around all snapshots.
@@ -112,7 +132,7 @@ def plan(vm, begin, backup_type="auto"):
         "parent": parent,
         # rbd_export compares the image's snapshots with this backup (no parent: a full export).
         "rbd_parent": parent["backup_id"] if parent and reason is None else None,
-    }
+    })
 
 
 def file_transfer(plan_, disk):
@@ -141,14 +161,33 @@ def file_transfer(plan_, disk):
     return dict(entry, mode="delta", parent_image=image, reason=reason)
 
 
+def disk_transfers(plan_, steps):
+    """disk_transfer's ``disks`` for the VM's file and LVM disks (one module run for both), in the
+    order of ``transfers(file) + transfers(block)``; ``steps``: the VM's registered results
+    (``begin`` for the backup's directory, ``snapshot``, ``lvm_snapshot``)."""
+    directory = (steps.get("begin") or {}).get("dir")
+    out = []
+    for entry in transfers(plan_, "file", steps.get("snapshot")) + transfers(plan_, "block", steps.get("lvm_snapshot")):
+        disk = {"image": entry["image"], "format": entry["format"], "mode": entry["mode"],
+                "repo_image": "%s/%s.qcow2" % (directory, entry["target"])}
+        if entry.get("parent_image"):
+            disk["parent_image"] = entry["parent_image"]
+        out.append(disk)
+    return out
+
+
 def transfers(plan_, kind, registered):
     """The transfers of one backend's disks, from what that backend's snapshot step returned.
 
     ``kind=file``: ``registered`` is kvm_snapshot's result (its ``disks``); ``kind=block``:
     lvm_snapshot's (its ``volumes``, in the order of the plan's block disks); ``kind=rbd``: the
-    registered loop of rbd_export state=present over the plan's rbd disks.
+    registered loop of rbd_export state=present over the plan's rbd disks. ``kind=disk_transfer``:
+    ``registered`` holds the VM's registered steps, and the value is disk_transfer's ``disks``
+    (see ``disk_transfers``).
     """
     registered = registered or {}
+    if kind == "disk_transfer":
+        return disk_transfers(plan_, registered)
     if kind == "file":
         return [file_transfer(plan_, d) for d in registered.get("disks") or []]
     if kind == "block":
@@ -170,7 +209,7 @@ def transfers(plan_, kind, registered):
                         "snapshot": r.get("snapshot"), "from_snapshot": r.get("from_snapshot") or None,
                         "size": r.get("size"), "mode": mode, "reason": reason})
         return out
-    raise ValueError("kind must be one of %s, not %r" % (", ".join(BACKENDS), kind))
+    raise ValueError("kind must be one of %s, disk_transfer, not %r" % (", ".join(BACKENDS), kind))
 
 
 def extra_files(nvram=None, tpm=None):
@@ -210,9 +249,10 @@ def result_cleanup(run):
 
 def result_ok(run):
     """The record of a complete backup. ``run``: vm, hypervisor, begin, commit, snapshot,
-    repaired, prune, disk_plan (the registered results of those steps)."""
+    repaired, prune (else commit's), disk_plan (else plan) - the registered results of those steps."""
     begin = run.get("begin") or {}
     manifest = (run.get("commit") or {}).get("manifest") or {}
+    prune = run.get("prune") or (run.get("commit") or {}).get("prune") or {}
     return {
         "vm": run.get("vm"), "hypervisor": run.get("hypervisor"), "result": "ok",
         "backup_id": begin.get("backup_id"), "type": manifest.get("type"),
@@ -223,9 +263,9 @@ def result_ok(run):
         "repaired": (_removed_partials(begin.get("removed"))
                      + list((run.get("snapshot") or {}).get("repaired") or [])
                      + list(run.get("repaired") or [])),
-        "pruned": [r.get("backup_id") for r in (run.get("prune") or {}).get("removed") or []],
+        "pruned": [r.get("backup_id") for r in prune.get("removed") or []],
         "excluded": manifest.get("excluded"),
-        "warnings": list((run.get("disk_plan") or {}).get("warnings") or []),
+        "warnings": list((run.get("disk_plan") or run.get("plan") or {}).get("warnings") or []),
         "started": begin.get("started"), "finished": manifest.get("finished"),
     }
 
@@ -238,14 +278,61 @@ def failure_cause(failed_result):
     return joined or failed_result.get("msg") or "failed"
 
 
+def _done(result):
+    """Whether a registered result is of a step that ran and succeeded."""
+    result = result or {}
+    return bool(result) and not result.get("failed") and not result.get("skipped")
+
+
+def committed(commit):
+    """Whether backup_repo action=commit wrote the manifest (the backup is complete)."""
+    return _done(commit) and bool((commit or {}).get("manifest"))
+
+
+def steps_left(steps):
+    """What the VM's rescue and always sections still have to do, from the registered results of
+    its steps so far (the role's set_fact resets them to {} for each VM; a step that never ran
+    stays {}). No stage variable: where a backup stands is read from what its steps returned.
+
+    ``steps``: begin, info (vm_info, with its ``lock``), plan, snapshot (kvm_snapshot state=present,
+    ok or failed: overlays may exist once it ran), commit, abort, keep (kvm_snapshot kept / merged).
+    """
+    begin, info, plan_ = (steps.get(k) or {} for k in ("begin", "info", "plan"))
+    commit, abort, keep = (steps.get(k) or {} for k in ("commit", "abort", "keep"))
+    begun = _done(begin) and bool(begin.get("backup_id"))
+    complete = committed(commit)
+    block = (plan_.get("backends") or {}).get("block") or []
+    repository_lock = (begin.get("lock") or {}).get("path")
+    return {
+        "begun": begun,
+        "complete": complete,
+        # Put the VM back on its chain and drop this backup's RBD snapshots: once the snapshot step ran.
+        "rollback": bool(steps.get("snapshot")) and not complete,
+        "abort": begun and not complete,
+        "remove_lvm": begun and bool(block),
+        "lvm_volumes": [d.get("source") for d in block],
+        # vm_info took the lock (its failed result says whether it still holds it); kvm_snapshot
+        # kept / merged gives it back for file-only VMs.
+        "unlock_hypervisor": begun and bool(info) and (info.get("lock") or {}).get("held", True)
+        and "unlock" not in keep,
+        # begin took the repository's lock; commit and abort give it back.
+        "unlock_repository": begun and bool(repository_lock) and not commit.get("unlocked")
+        and not abort.get("unlocked"),
+        "repository_lock": repository_lock,
+    }
+
+
 def result_failed(run):
-    """The record of a failed backup. ``run``: vm, hypervisor, backup_id, stage, disk_plan,
-    failed_task (ansible_failed_task), failed_result (ansible_failed_result), rollback."""
+    """The record of a failed backup. ``run``: vm, hypervisor, backup_id (else begin's), commit (or
+    stage, as before), disk_plan (else plan), failed_task (ansible_failed_task), failed_result
+    (ansible_failed_result), rollback."""
     rollback = run.get("rollback") or {}
+    complete = committed(run.get("commit")) if "commit" in run else run.get("stage") == "complete"
+    backup_id = run.get("backup_id") or (run.get("begin") or {}).get("backup_id") or ""
     return {
         "vm": run.get("vm"), "hypervisor": run.get("hypervisor"), "result": "failed",
-        "backup_id": run.get("backup_id") or "", "complete": run.get("stage") == "complete",
-        "warnings": list((run.get("disk_plan") or {}).get("warnings") or []),
+        "backup_id": backup_id, "complete": complete,
+        "warnings": list((run.get("disk_plan") or run.get("plan") or {}).get("warnings") or []),
         "error": "%s: %s" % ((run.get("failed_task") or {}).get("name") or "", failure_cause(run.get("failed_result"))),
         "rollback": ("failed: %s" % rollback.get("msg")) if rollback.get("failed") else "ok",
     }

@@ -53,7 +53,13 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import makedirs_private
 
 ARGUMENT_SPEC = dict(
-    path=dict(type="path", required=True),
+    path=dict(type="path"),
+    # Several locks in one run, taken in order (the backup role's hypervisor and node slots).
+    locks=dict(type="list", elements="dict", options=dict(
+        path=dict(type="path", required=True),
+        slots=dict(type="int", default=0),
+        purpose=dict(type="str", default=""),
+    )),
     owner=dict(type="str", required=True),
     state=dict(type="str", default="present", choices=["present", "absent"]),
     mode=dict(type="str", default="exclusive", choices=["exclusive", "shared", "append"]),
@@ -66,6 +72,8 @@ ARGUMENT_SPEC = dict(
     slots=dict(type="int", default=0),
     progress_file=dict(type="path"),
 )
+REQUIRED_ONE_OF = [("path", "locks")]
+MUTUALLY_EXCLUSIVE = [("path", "locks")]
 
 GUARD_SUFFIX = ".guard"
 SHARED_INFIX = ".shared-"
@@ -380,7 +388,36 @@ def acquire(module, params):
            else "the lock files %s*" % params["path"]))
 
 
+def run_several(module, params):
+    """Each of ``locks`` in order, with the run's other options. A lock that cannot be taken fails
+    the run after the locks it took are given back: a run never waits holding a slot it took for
+    nothing, and never keeps one when it fails."""
+    results = []
+    for entry in params["locks"]:
+        one = dict(params, locks=None, path=entry["path"], slots=entry["slots"],
+                   purpose=entry["purpose"] or params["purpose"])
+        if params["state"] == "absent":
+            results.append(release(module, one))
+            continue
+        try:
+            results.append(acquire(module, one))
+        except VmbackupError as exc:
+            taken = [dict(params, locks=None, path=e["path"], slots=e["slots"])
+                     for e, r in zip(params["locks"], results) if r["changed"]]
+            for lock in taken:
+                release(module, lock)
+            if taken:
+                exc.msg += " The locks this run had taken before it were given back: %s." % ", ".join(
+                    r["path"] for r in results if r["changed"])
+            exc.details.setdefault("locks", [dict(r, held=not r["changed"] and r["held"]) for r in results])
+            raise
+    return {"changed": any(r["changed"] for r in results), "held": params["state"] == "present",
+            "path": None, "locks": results}
+
+
 def run(module):
+    if module.params.get("locks") is not None:
+        return run_several(module, module.params)
     if module.params["state"] == "absent":
         return release(module, module.params)
     return acquire(module, module.params)

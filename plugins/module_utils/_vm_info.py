@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import base64
+import os
+
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
@@ -29,13 +32,14 @@ ARGUMENT_SPEC = dict(
     lock=dict(type="dict", options=LOCK_OPTIONS),
     agent_timeout=dict(type="int", default=5),
     include_xml=dict(type="bool", default=False),
+    include_files=dict(type="bool", default=False),
     details=dict(type="bool", default=True),
     missing=dict(type="str", default="fail", choices=["fail", "ignore"]),
     **URI_ARGSPEC
 )
 
 
-def describe_vm(virsh, name, agent_timeout=5, include_xml=False):
+def describe_vm(virsh, name, agent_timeout=5, include_xml=False, include_files=False):
     """Everything vm_info reports about one VM (also used by the other modules)."""
     virsh.require(name)
     info = virsh.dominfo(name)
@@ -82,7 +86,32 @@ def describe_vm(virsh, name, agent_timeout=5, include_xml=False):
     if include_xml:
         # The persistent definition, with secrets such as VNC passwords, as a restore needs it.
         vm["xml"] = virsh.dumpxml(name, inactive=True, security_info=True)
+    if include_files:
+        vm["files"] = vm_files(name, vm, virsh.runner.host)
     return vm
+
+
+def _read_b64(path, what, name, host):
+    try:
+        with open(path, "rb") as fh:
+            return base64.b64encode(fh.read()).decode("ascii")
+    except OSError as exc:
+        raise VmbackupError("cannot read the %s of VM %s on host %s (%s): %s; nothing was written. Check that the "
+                            "file exists (a UEFI guest writes its NVRAM on its first start) and is readable by root"
+                            % (what, name, host, path, exc.strerror or exc))
+
+
+def vm_files(name, vm, host):
+    """The VM's files that a backup keeps beside its XML, base64: the NVRAM as ``nvram.fd``, each
+    TPM state file as ``tpm-NAME`` (the names backup_repo commit stores them under)."""
+    files = {}
+    if vm.get("nvram"):
+        files["nvram.fd"] = _read_b64(vm["nvram"], "NVRAM", name, host)
+    tpm = vm.get("tpm") or {}
+    for state_file in tpm.get("files") or []:
+        files["tpm-%s" % state_file] = _read_b64(os.path.join(tpm["state_dir"], state_file), "TPM state file",
+                                                 name, host)
+    return files
 
 
 def summarize_vm(virsh, name):
@@ -162,7 +191,8 @@ def _gather(module):
     secrets = set()
     try:
         for n in names:
-            vm = _still_there(virsh, n, listed, describe_vm, virsh, n, p["agent_timeout"], p["include_xml"])
+            vm = _still_there(virsh, n, listed, describe_vm, virsh, n, p["agent_timeout"], p["include_xml"],
+                              p["include_files"])
             if vm is None:
                 continue
             if "xml" in vm:
@@ -174,4 +204,5 @@ def _gather(module):
         raise
     # With the XML, the result holds the domain's secrets (VNC/SPICE passwords) as a restore
     # needs them: the action plugin hides a successful result's output (never a failure's).
-    return {"changed": False, "vms": vms, "secrets_returned": bool(p["include_xml"] and vms)}
+    # The TPM's state is what the guest sealed in it: hidden alike.
+    return {"changed": False, "vms": vms, "secrets_returned": bool((p["include_xml"] or p["include_files"]) and vms)}

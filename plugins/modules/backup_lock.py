@@ -60,9 +60,30 @@ attributes:
       - Taking a lock this run already holds, or releasing one it does not hold, changes nothing.
 options:
   path:
-    description: The lock file.
+    description: The lock file. Required unless O(locks) is given.
     type: path
-    required: true
+  locks:
+    description:
+      - Several locks in one run, taken in this order with the other options (O(owner), O(wait), ...), or
+        given back with O(state=absent). When one cannot be taken, the run gives back the locks it took
+        before it and fails, so it never waits holding a lock it took for nothing.
+      - The backup role takes a VM's slot of its hypervisor, then of its node, this way.
+      - Mutually exclusive with O(path).
+    type: list
+    elements: dict
+    suboptions:
+      path:
+        description: As O(path).
+        type: path
+        required: true
+      slots:
+        description: As O(slots).
+        type: int
+        default: 0
+      purpose:
+        description: As O(purpose); empty for the run's O(purpose).
+        type: str
+        default: ""
   owner:
     description: The run's ID.
     type: str
@@ -136,6 +157,15 @@ EXAMPLES = r"""
   delegate_to: localhost
   register: slot
 
+- name: Take a slot of hypervisor hv1, then one of node backup1; none when either cannot be had
+  vmbackup.libvirt.backup_lock:
+    locks:
+      - {path: ~/.ansible/vmbackup-slots/hypervisor-hv1, slots: 2, purpose: hypervisor hv1}
+      - {path: ~/.ansible/vmbackup-slots/node-backup1, slots: 4, purpose: backup node backup1}
+    owner: "{{ run_id }}:web1"
+    wait: 86400
+  delegate_to: localhost
+
 - name: Read web1's backups under a shared lock (several restores at once, no prune meanwhile)
   vmbackup.libvirt.backup_lock:
     path: /srv/vmbackup/.locks/web1.lock
@@ -167,16 +197,25 @@ waited_for:
   description: The lock's holder(s) this run waited for, or V(null).
   returned: state=present
   type: str
+locks:
+  description:
+    - With O(locks), one result per lock taken or given back, in order, each with the keys above (RV(held),
+      RV(path), ...). In a failed result, the locks before the one that could not be taken.
+  returned: O(locks) given
+  type: list
+  elements: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._lock import ARGUMENT_SPEC, run
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._lock import (
+    ARGUMENT_SPEC, MUTUALLY_EXCLUSIVE, REQUIRED_ONE_OF, run)
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._module import run_module
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_one_of=REQUIRED_ONE_OF,
+                           mutually_exclusive=MUTUALLY_EXCLUSIVE, supports_check_mode=True)
     run_module(module, run)
 
 

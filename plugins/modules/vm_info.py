@@ -73,6 +73,15 @@ options:
         the task no C(no_log) of its own, or its errors are hidden too.
     type: bool
     default: false
+  include_files:
+    description:
+      - Also return the files a backup keeps beside the XML, base64, as RV(vms[].files) - the NVRAM of a UEFI
+        guest as C(nvram.fd), each state file of its emulated TPM as C(tpm-NAME) (what
+        M(vmbackup.libvirt.backup_repo) O(vmbackup.libvirt.backup_repo#module:action=commit) stores as O(vmbackup.libvirt.backup_repo#module:files)).
+      - The TPM's state is what the guest sealed in it; the output is hidden as with O(include_xml).
+      - Fails, naming the file, when one cannot be read (a UEFI guest writes its NVRAM on its first start).
+    type: bool
+    default: false
   lock:
     description:
       - Take this lock (a file on the hypervisor) for O(name) before reading it; the task is changed when it was taken.
@@ -152,7 +161,7 @@ lock:
   type: dict
   sample: {held: true, path: /var/lock/vmbackup/web1.lock, broke_stale: null, waited: 0, waited_for: null}
 secrets_returned:
-  description: Whether RV(vms) holds domain XML with its secrets (O(include_xml)); its output was hidden.
+  description: Whether RV(vms) holds domain XML with its secrets or the TPM's state (O(include_xml), O(include_files)); its output was hidden.
   returned: success
   type: bool
 vms:
@@ -196,7 +205,7 @@ vms:
           whose state is in hardware and cannot be backed up).
         - C(model), C(version), C(state_dir) (libvirt's directory of its state, keyed by the
           UUID) and C(files) (the state file names there; empty until the TPM has run once).
-          The contents are not returned; the backup role reads them.
+          Their contents are in RV(vms[].files) with O(include_files=true).
       type: dict
     disks:
       description: Every disk of the domain.
@@ -241,6 +250,9 @@ vms:
     xml:
       description: The persistent definition, when O(include_xml=true).
       type: str
+    files:
+      description: With O(include_files=true), file name to base64 content - C(nvram.fd), C(tpm-NAME).
+      type: dict
   sample:
     - name: web1
       state: running

@@ -14,8 +14,8 @@ import re
 import pytest
 
 from ansible_collections.vmbackup.libvirt.plugins.filter import (
-    backup_disk_plan, backup_hypervisor_errors, backup_jobs, backup_manifest, backup_result, backup_run_results,
-    hypervisor_error, restore_plan)
+    backup_disk_plan, backup_hypervisor_errors, backup_jobs, backup_manifest, backup_result, backup_run_manifest,
+    backup_run_results, backup_steps_left, hypervisor_error, restore_plan)
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import (
     _backup_manifest, _backup_plan, _backup_run, _restore_plan)
 
@@ -39,6 +39,8 @@ def test_decision(case):
     (backup_disk_plan, "backup_disk_plan", _backup_plan.disk_plan),
     (backup_result, "backup_result", _backup_plan.record),
     (backup_manifest, "backup_manifest", _backup_manifest.manifest),
+    (backup_run_manifest, "backup_run_manifest", _backup_manifest.manifest_of_run),
+    (backup_steps_left, "backup_steps_left", _backup_plan.steps_left),
     (backup_jobs, "backup_jobs", _backup_run.jobs_in_order),
     (backup_run_results, "backup_run_results", _backup_run.run_results),
     (backup_hypervisor_errors, "backup_hypervisor_errors", _backup_run.hypervisor_errors),

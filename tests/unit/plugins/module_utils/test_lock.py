@@ -53,6 +53,25 @@ def test_slots_bound_how_many_holders_there_are(tmp_path):
     assert take(pool, "run:vm3", slots=2)["path"] == first["path"]
 
 
+def test_several_locks_are_taken_in_order_and_none_is_kept_when_one_cannot_be_had(tmp_path):
+    hv, node = str(tmp_path / "hypervisor-hv1"), str(tmp_path / "node-n1")
+    locks = [{"path": hv, "slots": 2, "purpose": "hypervisor hv1"}, {"path": node, "slots": 1, "purpose": "node n1"}]
+    got = _lock.run(FakeModule(locks=locks, owner="run:vm1"))
+    assert got["changed"] and [r["path"] for r in got["locks"]] == [hv + ".1", node + ".1"]
+    again = _lock.run(FakeModule(locks=locks, owner="run:vm1"))
+    assert not again["changed"]  # idempotent
+    # vm2 gets the hypervisor's second slot, then not the node's only one: it gives the first back.
+    with pytest.raises(VmbackupError) as err:
+        _lock.run(FakeModule(locks=locks, owner="run:vm2", wait=1))
+    assert "All 1 slots for node n1 are taken" in err.value.msg
+    assert "given back: %s.2" % hv in err.value.msg
+    assert err.value.details["locks"][0]["held"] is False
+    assert not os.path.exists(hv + ".2")
+    released = _lock.run(FakeModule(locks=locks, owner="run:vm1", state="absent"))
+    assert released["changed"] and not os.path.exists(hv + ".1") and not os.path.exists(node + ".1")
+    assert not _lock.run(FakeModule(locks=locks, owner="run:vm1", state="absent"))["changed"]
+
+
 def test_a_dead_holders_slot_is_taken_over(tmp_path):
     pool = tmp_path / "node-localhost"
     (tmp_path / "node-localhost.1").write_text(json.dumps({"owner": "old", "created": time.time() - 10, "host": "x"}))
