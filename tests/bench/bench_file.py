@@ -453,7 +453,7 @@ def _run(opts, res, wd, images, repo, refs, size, data, doms):
 def _m(m):
     return {"seconds": round(m["seconds"], 3), "peak_rss_mb": round(m["peak_mb"], 1),
             "peak_total_rss_mb": round(m["peak_total_mb"], 1),
-            "rss_mb": {k: round(v, 1) for k, v in m["rss"].items()}}
+            "rss_mb": {k: round(v, 1) for k, v in m["rss"].items()}, "module_runs": m.get("module_runs", {})}
 
 
 # --------------------------------------------------------------------------
@@ -552,6 +552,11 @@ def report(res):
     lines.append(B.table(rows, ["step", "what", "time", "ratio", "sent", "stored", "stored/alloc", "peak RSS"]))
     lines.append("")
     lines.append("Peak RSS per program (MB; max over its processes, node = backup node, hypervisor = over SSH):")
+    counted = [(label, B.module_runs_line(res.get(key, {}).get("ours_playbook")))
+               for key, label in (("full", "full"), ("incremental", "incremental"), ("restore", "restore"))]
+    if any(n for _l, n in counted):
+        lines.append("Module runs per VM (file disks only; callbacks/module_runs.py): "
+                     + ", ".join("%s %s" % (label, n or "-") for label, n in counted))
     for key, label in (("full", "full backup playbook"), ("incremental", "incremental playbook"),
                        ("restore", "restore playbook")):
         if key in res:

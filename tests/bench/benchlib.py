@@ -459,8 +459,39 @@ class Ansible:
     def playbook(self, playbook, extra, label, timeout=1200):
         argv = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", self.inventory, playbook,
                 "-e", json.dumps(extra)]
-        return measure(argv, timeout, label, env=self.env, cwd=self.workdir, hv_rss=True,
-                       markers=("/.ansible/cp/",))
+        counts = os.path.join(self.workdir, "module-runs.json")
+        env = dict(self.env, VMBACKUP_BENCH_MODULE_RUNS=counts,
+                   ANSIBLE_CALLBACK_PLUGINS=os.path.join(os.path.dirname(os.path.abspath(__file__)), "callbacks"),
+                   ANSIBLE_CALLBACKS_ENABLED="module_runs")
+        if os.path.exists(counts):
+            os.unlink(counts)
+        out = measure(argv, timeout, label, env=env, cwd=self.workdir, hv_rss=True, markers=("/.ansible/cp/",))
+        out["module_runs"] = per_vm_module_runs(counts)
+        return out
+
+
+def per_vm_module_runs(path):
+    """Module runs of each per-VM host of the backup / restore play (the callbacks/module_runs.py
+    counts): {host: {runs, slots, modules}}; {} when the playbook wrote none."""
+    try:
+        with open(path) as fh:
+            counts = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for play, hosts in counts.items():
+        for host, entry in hosts.items():
+            if host != "localhost" and ("Back up" in play or "Restore" in play):
+                out[host] = entry
+    return out
+
+
+def module_runs_line(measured):
+    """'6 (+2 slots)' for one per-VM host, or '' when not counted."""
+    runs = list((measured or {}).get("module_runs", {}).values())
+    if len(runs) != 1:
+        return ""
+    return "%d%s" % (runs[0]["runs"], " (+%d slots)" % runs[0]["slots"] if runs[0]["slots"] else "")
 
 
 # --------------------------------------------------------------------------
