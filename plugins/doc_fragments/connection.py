@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # How the backup node reaches a hypervisor (_transfer.CONNECTION_ARGSPEC).
+    # How the backup node reaches a hypervisor (_ssh.CONNECTION_ARGSPEC).
     DOCUMENTATION = r"""
 options:
   transport:

@@ -10,6 +10,7 @@ import time
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _nbd_export, _ssh, _stream
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
 
 # What one disk's transfer needs: given at the top level for one disk, or per entry of ``disks``.
@@ -34,7 +35,7 @@ ARGUMENT_SPEC = dict(
         required_if=[("mode", "delta", ["parent_image"])]),
     compare=dict(type="bool", default=True),
     progress_file=dict(type="path"),
-    **dict(DISK_SPEC, **dict(transfer.CONNECTION_ARGSPEC, **transfer.DATA_CHANNEL_ARGSPEC))
+    **dict(DISK_SPEC, **dict(_ssh.CONNECTION_ARGSPEC, **_ssh.DATA_CHANNEL_ARGSPEC))
 )
 
 REQUIRED_IF = [
@@ -50,7 +51,7 @@ def backup(module, runner, hv, p):
     dest = p["repo_image"]
     if os.path.exists(dest):
         return {"changed": False, "file": dest, "sha256": _files.sha256_file(dest),
-                "stored_bytes": transfer.stored_bytes(dest), "bytes_sent": 0, "mode": p["mode"],
+                "stored_bytes": _stream.stored_bytes(dest), "bytes_sent": 0, "mode": p["mode"],
                 "msg": "already transferred"}
     if module.check_mode:
         return {"changed": True, "file": dest, "mode": p["mode"]}
@@ -70,7 +71,7 @@ def backup(module, runner, hv, p):
         "changed": True,
         "file": dest,
         "sha256": _files.sha256_file(dest),
-        "stored_bytes": transfer.stored_bytes(dest),
+        "stored_bytes": _stream.stored_bytes(dest),
         "duration": duration,
     })
     result["checksum_duration"] = round(time.time() - checked, 3)
@@ -95,7 +96,7 @@ def check_backup_file(path, expected, kind="image"):
 
 def restore(module, runner, hv, p):
     target = p["image"]
-    transfer.refuse_insecure_restore(hv, target)
+    _nbd_export.refuse_insecure_restore(hv, target)
     for item in p["verify"]:
         check_backup_file(item["path"], item["sha256"])
     exists = hv.exists(target)
@@ -145,7 +146,7 @@ def disk_params(params):
 
 def run(module):
     runner = CommandRunner(module)
-    hv = transfer.Hypervisor(runner, module.params)
+    hv = _ssh.Hypervisor(runner, module.params)
     step = backup if module.params["direction"] == "backup" else restore
     results = []
     for p in disk_params(module.params):

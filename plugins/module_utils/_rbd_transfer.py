@@ -29,6 +29,7 @@ import time
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _rbd as rbdlib
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _nbd_export, _ssh, _stream
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _disk_transfer as disk_transfer
 
@@ -49,7 +50,7 @@ ARGUMENT_SPEC = dict(
     compare=dict(type="bool", default=True),
     keep_snapshot=dict(type="bool", default=True),
     tmpdir=dict(type="path"),
-    **dict(rbdlib.CEPH_ARGSPEC, **transfer.CONNECTION_ARGSPEC)
+    **dict(rbdlib.CEPH_ARGSPEC, **_ssh.CONNECTION_ARGSPEC)
 )
 
 REQUIRED_IF = [
@@ -64,7 +65,7 @@ def _remote_execute(hv, timeout):
     def execute(argv, what):
         full = ["timeout", "--kill-after=10", "%ds" % timeout] + list(argv)
         rc, out, err = hv.run(full, what, check_rc=False)
-        lost = transfer.ssh_link_error(hv, rc, err, rc=rc, stderr=err)
+        lost = _ssh.ssh_link_error(hv, rc, err, rc=rc, stderr=err)
         if lost:
             raise lost
         return rc, out, err
@@ -72,7 +73,7 @@ def _remote_execute(hv, timeout):
 
 
 def _stream_failure(hv, rbd, image, what, argv, rc, err):
-    lost = transfer.ssh_link_error(hv, rc, err, cmd=argv, rc=rc, stderr=err)
+    lost = _ssh.ssh_link_error(hv, rc, err, cmd=argv, rc=rc, stderr=err)
     if lost:
         return lost
     return rbdlib.rbd_error(image, "%s on hypervisor %s" % (what, hv.label), argv, rc, "", err,
@@ -92,7 +93,7 @@ def backup(module, runner, hv, rbd):
         return {"changed": False, "file": dest, "image": image, "snapshot": name,
                 "mode": "incremental" if info["from_snap"] else "full",
                 "from_snapshot": info["from_snap"], "fallback_reason": None,
-                "sha256": _files.sha256_file(dest), "stored_bytes": transfer.stored_bytes(dest),
+                "sha256": _files.sha256_file(dest), "stored_bytes": _stream.stored_bytes(dest),
                 "bytes_sent": 0, "data_bytes": info["data_bytes"], "size": info["size"],
                 "msg": "already transferred"}
     directory = os.path.dirname(dest)
@@ -130,7 +131,7 @@ def backup(module, runner, hv, rbd):
     start = time.time()
     sent = 0
     digest = hashlib.sha256()
-    with transfer.writing_part(dest, runner.host, "file") as part:
+    with _stream.writing_part(dest, runner.host, "file") as part:
         # 0600 from creation on: the repository is root's alone.
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _files.FILE_MODE)
         with tempfile.TemporaryFile() as errf, os.fdopen(fd, "wb") as out:
@@ -167,7 +168,7 @@ def backup(module, runner, hv, rbd):
     return {
         "changed": True, "file": dest, "image": image, "snapshot": name, "mode": mode,
         "from_snapshot": from_snap, "fallback_reason": reason,
-        "sha256": digest.hexdigest(), "bytes_sent": sent, "stored_bytes": transfer.stored_bytes(dest),
+        "sha256": digest.hexdigest(), "bytes_sent": sent, "stored_bytes": _stream.stored_bytes(dest),
         "data_bytes": info["data_bytes"], "zero_bytes": info["zero_bytes"], "size": info["size"],
         "duration": round(time.time() - start, 3),
     }
@@ -321,7 +322,7 @@ def restore_file(module, runner, hv, rbd, paths, infos):
             disk_transfer.create_private(hv, target, p["format"], p.get("size") or size)
             created = True
         fmt = p["format"] if kind == "file" else "raw"
-        with transfer.NbdExport(hv, target, fmt, writable=True) as nbd:
+        with _nbd_export.NbdExport(hv, target, fmt, writable=True) as nbd:
             # -t writeback: flushed before qemu-img returns (its default, unsafe, never flushes)
             argv = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", "-t", "writeback", "-m", "8", "-W"]
             if created:
@@ -356,7 +357,7 @@ def restore(module, runner, hv, rbd):
 
 def run(module):
     runner = CommandRunner(module)
-    hv = transfer.Hypervisor(runner, module.params)
+    hv = _ssh.Hypervisor(runner, module.params)
     rbd = rbdlib.Rbd(None, module.params, hv.label)
     rbd.execute = _remote_execute(hv, rbd.timeout)
     if module.params["direction"] == "backup":

@@ -16,8 +16,7 @@ The node drives everything. Bulk data goes through well-kept tools:
 
 Here: pull (full, delta), push, compare and qemu-img convert with a flushed output. How the
 hypervisor is reached is ``_ssh``, the export ``_nbd_export``, a stream's copy and progress
-``_stream``; what the transfer modules use of those is importable from here too
-(``_transfer.Hypervisor``, ``_transfer.NbdExport``, ...).
+``_stream``; callers import those from their own files.
 """
 
 from __future__ import annotations
@@ -31,23 +30,12 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (
     VmbackupError,
 )
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
-# What the modules, benches and integration tests use through this file (re-exported).
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._nbd_export import (  # noqa: F401
-    NbdExport,
-    qemu_opt,
-    refuse_insecure_restore,
-)
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._ssh import (  # noqa: F401
-    CONNECTION_ARGSPEC,
-    DATA_CHANNEL_ARGSPEC,
-    Hypervisor,
-    ssh_link_error,
-)
-from ansible_collections.vmbackup.libvirt.plugins.module_utils._stream import (  # noqa: F401
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._nbd_export import NbdExport, qemu_opt
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._ssh import ssh_link_error
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._stream import (
     Progress,
     copy_stream,
     run_with_progress,
-    stored_bytes,
     writing_part,
 )
 

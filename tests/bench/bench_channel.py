@@ -40,11 +40,11 @@ def run_section(opts, results):
 
 def _run(opts, res, wd, data):
     runner = B.direct_runner()
-    from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
+    from ansible_collections.vmbackup.libvirt.plugins.module_utils import _ssh, _transfer as transfer
     src = os.path.join(wd, "src.qcow2")
     bench_file.make_image(wd, 4 * data, data, 64, src)
     res["allocated_bytes"] = B.allocated_bytes(src)
-    hvs = {ch: transfer.Hypervisor(runner, dict(B.hv_params(), data_channel=ch, data_address=B.HV1["address"]))
+    hvs = {ch: _ssh.Hypervisor(runner, dict(B.hv_params(), data_channel=ch, data_address=B.HV1["address"]))
            for ch in ("ssh", "tls", "insecure-tcp")}
     out = os.path.join(wd, "out.qcow2")
     target = os.path.join(wd, "target.qcow2")

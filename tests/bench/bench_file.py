@@ -233,8 +233,8 @@ def _run(opts, res, wd, images, repo, refs, size, data, doms):
     import domains
     ans = B.Ansible(wd)
     runner = B.direct_runner()
-    from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
-    hv = transfer.Hypervisor(runner, B.hv_params())
+    from ansible_collections.vmbackup.libvirt.plugins.module_utils import _ssh, _transfer as transfer
+    hv = _ssh.Hypervisor(runner, B.hv_params())
 
     # ---- the disks, prepared on the host before the domains start
     src = os.path.join(images, "vda.qcow2")
@@ -285,14 +285,14 @@ def _run(opts, res, wd, images, repo, refs, size, data, doms):
     os.unlink(out)
 
     log("file: the transfer alone over the TLS data channel (NBD over TLS, pre-shared key; set up through SSH)")
-    hv_tls = transfer.Hypervisor(runner, dict(B.hv_params(), data_channel="tls", data_address=B.HV1["address"]))
+    hv_tls = _ssh.Hypervisor(runner, dict(B.hv_params(), data_channel="tls", data_address=B.HV1["address"]))
     direct_tls = B.measure_call(lambda: transfer.pull_full(runner, hv_tls, frozen, "qcow2", out),
                                 "pull_full over tls", hv_rss=True)
     res["full"]["ours_transfer_tls"] = dict(_m(direct_tls), stored=B.disk_usage(out))
     os.unlink(out)
 
     log("file: the transfer alone over the insecure-tcp data channel (plain NBD, the reference of TLS's cost)")
-    hv_tcp = transfer.Hypervisor(runner, dict(B.hv_params(), data_channel="insecure-tcp", data_address=B.HV1["address"]))
+    hv_tcp = _ssh.Hypervisor(runner, dict(B.hv_params(), data_channel="insecure-tcp", data_address=B.HV1["address"]))
     direct_tcp = B.measure_call(lambda: transfer.pull_full(runner, hv_tcp, frozen, "qcow2", out),
                                 "pull_full over insecure-tcp", hv_rss=True)
     res["full"]["ours_transfer_tcp"] = dict(_m(direct_tcp), stored=B.disk_usage(out))

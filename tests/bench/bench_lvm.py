@@ -66,10 +66,10 @@ def measure_ours(image, dest):
         os.symlink(ROOT, link)
     sys.path.insert(0, COLLECTIONS)
     from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner
-    from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
+    from ansible_collections.vmbackup.libvirt.plugins.module_utils import _ssh, _transfer as transfer
 
     runner = CommandRunner(_Module(), host="backup-node")
-    hv = transfer.Hypervisor(runner, {"transport": "ssh", "ssh_host": "127.0.0.1", "ssh_port": PORT,
+    hv = _ssh.Hypervisor(runner, {"transport": "ssh", "ssh_host": "127.0.0.1", "ssh_port": PORT,
                                       "ssh_user": "root", "ssh_private_key": KEY, "known_hosts": KNOWN_HOSTS,
                                       "ssh_options": [], "ready_timeout": 120})
     t0 = time.time()

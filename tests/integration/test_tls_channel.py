@@ -32,6 +32,7 @@ if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer  # noqa: E402
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _ssh  # noqa: E402
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import (  # noqa: E402
     CommandRunner, VmbackupError)
 
@@ -63,7 +64,7 @@ class _Module:
 
 def hypervisor(channel):
     runner = CommandRunner(_Module(), host="backup-node")
-    return runner, transfer.Hypervisor(runner, {
+    return runner, _ssh.Hypervisor(runner, {
         "transport": "ssh", "ssh_host": HV1["address"], "ssh_port": HV1["port"], "ssh_user": "root",
         "ssh_private_key": os.path.join(TB, "ssh", "id_ed25519"),
         "known_hosts": os.path.join(TB, "ssh", "known_hosts"), "ssh_options": [], "ready_timeout": 120,

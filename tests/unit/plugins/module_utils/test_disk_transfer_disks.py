@@ -53,7 +53,7 @@ def test_a_failure_names_the_disks_done_before_it(monkeypatch):
 
     monkeypatch.setattr(dt, "restore", step)
     monkeypatch.setattr(dt, "CommandRunner", lambda module: None)
-    monkeypatch.setattr(dt.transfer, "Hypervisor", lambda runner, params: None)
+    monkeypatch.setattr(dt._ssh, "Hypervisor", lambda runner, params: None)
     params = dict(SHARED, disks=[_disk(image="/i/a", repo_image="/r/a"), _disk(image="/i/b", repo_image="/r/b"),
                                  _disk(image="/i/c", repo_image="/r/c")], **TOP)
     with pytest.raises(VmbackupError) as err:

@@ -21,6 +21,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _backup_repo
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _retention
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _ssh
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import Repository
 
 BID = "20261122T010000Z"
@@ -357,7 +358,7 @@ class FakeRunner:
 
 def test_pull_full_flushes_a_private_image_before_naming_it(tmp_path, events, loose_umask):
     runner = FakeRunner()
-    hv = _transfer.Hypervisor(runner, {"transport": "local"})
+    hv = _ssh.Hypervisor(runner, {"transport": "local"})
     dest = str(tmp_path / "vda.qcow2")
     _transfer.pull_full(runner, hv, "/images/vm.qcow2", "qcow2", dest)
     convert, umask = runner.calls[0]
@@ -369,7 +370,7 @@ def test_pull_full_flushes_a_private_image_before_naming_it(tmp_path, events, lo
 
 def test_pull_delta_flushes_the_rebased_header_before_naming_it(tmp_path, events, loose_umask):
     runner = FakeRunner()
-    hv = _transfer.Hypervisor(runner, {"transport": "local"})
+    hv = _ssh.Hypervisor(runner, {"transport": "local"})
     overlay = tmp_path / "overlay.qcow2"
     overlay.write_bytes(b"QFI\xfb" + b"\0" * 100)
     os.mkdir(str(tmp_path / "B2"))

@@ -24,6 +24,7 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _nbd_export
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _stream
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _ssh
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 
 # A stream: writes ``out`` and ``err``, logs its stdin, creates ``creates`` (qemu-img's output), exits ``rc``.
@@ -156,7 +157,7 @@ class Bed:
             transport="ssh", ssh_host="hv1", ssh_port=2222, ssh_user="root", known_hosts=KNOWN_HOSTS,
             ready_timeout=10, data_channel=channel, data_address="192.0.2.7")
         self.monkeypatch.setattr(os.path, "exists", lambda p, real=os.path.exists: p == KNOWN_HOSTS or real(p))
-        return _transfer.Hypervisor(runner, params)
+        return _ssh.Hypervisor(runner, params)
 
     def session(self):
         """What the session read: the script, its parameters, the key line, the rest (the verdict)."""

@@ -21,6 +21,7 @@ import pytest
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _nbd_export
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _transfer as transfer
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _ssh
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandError, VmbackupError
 
 STAND_IN = r'''
@@ -85,7 +86,7 @@ class FakeRunner:
 def hv_for(runner, channel, tmp_path, transport="ssh"):
     known = tmp_path / "known_hosts"
     known.write_text("")
-    return transfer.Hypervisor(runner, dict(
+    return _ssh.Hypervisor(runner, dict(
         transport=transport, ssh_host="hv1.example.com", ssh_port=2222, ssh_user="root", ssh_private_key=None,
         known_hosts=str(known), ssh_options=[], ready_timeout=10, data_channel=channel,
         data_address="192.0.2.7", data_port=0))
