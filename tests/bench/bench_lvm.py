@@ -70,8 +70,8 @@ def measure_ours(image, dest):
 
     runner = CommandRunner(_Module(), host="backup-node")
     hv = _ssh.Hypervisor(runner, {"transport": "ssh", "ssh_host": "127.0.0.1", "ssh_port": PORT,
-                                      "ssh_user": "root", "ssh_private_key": KEY, "known_hosts": KNOWN_HOSTS,
-                                      "ssh_options": [], "ready_timeout": 120})
+                                  "ssh_user": "root", "ssh_private_key": KEY, "known_hosts": KNOWN_HOSTS,
+                                  "ssh_options": [], "ready_timeout": 120})
     t0 = time.time()
     result = transfer.pull_full(runner, hv, image, "raw", dest)
     seconds = time.time() - t0
