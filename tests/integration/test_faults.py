@@ -146,8 +146,10 @@ def tail(proc, n=12000):
 
 
 def item_error(output):
-    """The message of the first failed loop item (the transfer's own error: command, rc, stderr)."""
-    m = re.search(r'failed: \[[^\]]+\] \(item=.*?\) => .*?"msg": "((?:[^"\\]|\\.){0,400})', output)
+    """The message of the first failed task or loop item: the transfer's own error (command, rc,
+    stderr). The backup role moves all file disks in one disk_transfer run, no loop."""
+    m = re.search(r'(?:failed: \[[^\]]+\] \(item=.*?\)|fatal: \[[^\]]+\]: FAILED!) => .*?"msg": "((?:[^"\\]|\\.){0,400})',
+                  output)
     return m.group(1) if m else ""
 
 

@@ -209,7 +209,7 @@ def test_failed_task_with_secrets_shows_its_error(vm, pb, tmp_path):
     repo = str(tmp_path / "repo")
     res = _backup(pb, repo, vms=BROKEN, verbose=True)
     assert PASSWORD not in res.output
-    task = res.output.index("TASK [vmbackup.libvirt.backup : Describe VM %s]" % BROKEN)
+    task = res.output.index("TASK [vmbackup.libvirt.backup : Lock and describe VM %s]" % BROKEN)
     start = res.output.index("fatal: [%s@hv-local]" % BROKEN, task)
     failed = res.output[start:res.output.index("TASK [", start)]  # the task's failure, as -vvv prints it
     assert "hidden due to" not in failed and "censored" not in failed, failed
