@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.vmbackup.libvirt.plugins.plugin_utils._progress import hide_returned_secrets
+
 
 class ActionModule(ActionBase):
     _supports_check_mode = True
@@ -24,6 +26,4 @@ class ActionModule(ActionBase):
         del tmp  # not used
         result.update(self._execute_module(module_name="vmbackup.libvirt.vm_info", module_args=self._task.args,
                                            task_vars=task_vars))
-        if result.get("secrets_returned") and not result.get("failed"):
-            result["_ansible_no_log"] = True
-        return result
+        return hide_returned_secrets(result)

@@ -21,7 +21,9 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils import _retention
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import POLICY_ARGSPEC, full_due
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
     FORMAT_VERSION,
+    ManifestError,
     Repository,
+    check_file_name,
     check_id,
     new_backup_id,
 )
@@ -35,6 +37,8 @@ ARGUMENT_SPEC = dict(
     before=dict(type="str"),
     manifest=dict(type="dict"),
     domain_xml=dict(type="str"),
+    include_xml=dict(type="bool", default=False),
+    include_files=dict(type="bool", default=False),
     files=dict(type="dict", default={}, no_log=True),  # NVRAM: UEFI variables can hold secrets
     full_every=dict(type="int", default=0),
     full_every_days=dict(type="int", default=0),
@@ -108,10 +112,7 @@ def _run(module):
         return {"changed": False, "backups": backups,
                 "partial": {v: repo.partials(v) for v in vms if repo.partials(v)}}
     if action == "select":
-        manifest = repo.select(vm, p["backup"], p["before"])
-        chain = repo.chain(vm, manifest["backup_id"])  # checks every link's files and backing names
-        return {"changed": False, "backup": with_paths(repo, manifest, vm),
-                "chain": [with_paths(repo, m, vm) for m in chain]}
+        return _select(module, repo, vm, p)
     if action == "report":
         check_repository_path(repo.path, p["lock_node"])
         return write_report(module, repo, p["report_name"], p["report"])
@@ -186,6 +187,67 @@ def _run(module):
     return {"changed": True, "manifest": manifest, "dir": final, "unlocked": unlocked, "prune": pruned}
 
 
+def _select(module, repo, vm, p):
+    """The backup to restore and its chain; with lock_owner, under a reader's lock it keeps.
+
+    The lock comes first, so nothing selected can be pruned before the restore has read it; it
+    is given back if the selection fails (nothing of a failed run keeps the VM's backups locked).
+    """
+    params = _repo_lock(repo, vm, p, mode="shared") if p["lock_owner"] else None
+    lock = _lock.acquire(module, params) if params else None
+    try:
+        manifest = repo.select(vm, p["backup"], p["before"])
+        chain = repo.chain(vm, manifest["backup_id"])  # checks every link's files and backing names
+        out = {"changed": False, "backup": with_paths(repo, manifest, vm),
+               "chain": [with_paths(repo, m, vm) for m in chain], "lock": lock,
+               "lock_path": repo.lock_path(vm) if lock else None,
+               "secrets_returned": bool(p["include_xml"] or p["include_files"])}
+        out.update(selected_files(repo, vm, manifest, p["include_xml"], p["include_files"]))
+        return out
+    except Exception:
+        if lock and lock["changed"] and not module.check_mode:
+            _lock.release(module, params)
+        raise
+
+
+def selected_files(repo, vm, manifest, include_xml, include_files):
+    """The domain XML (C(domain_xml)) and, with include_files, the NVRAM (C(nvram_content), base64)
+    and the TPM state files (C(tpm_state), name: base64) of one backup.
+
+    Each file is checked against the sha256 its manifest records (backups that record it), so
+    what the restore defines is what was backed up, read once, here.
+    """
+    bdir = repo.backup_dir(vm, manifest["backup_id"])
+    sums = manifest.get("files_sha256") or {}
+
+    def read(name):
+        path = os.path.join(bdir, check_file_name(name, "file"))
+        try:
+            with open(path, "rb") as handle:  # check_files (select) has made sure it is a regular file inside
+                data = handle.read()
+        except OSError as exc:
+            raise ManifestError("backup %s of VM %s cannot be restored: %s cannot be read (%s); restore "
+                                "another backup (backup=ID)" % (manifest["backup_id"], vm, path, exc.strerror))
+        actual = hashlib.sha256(data).hexdigest()
+        if sums.get(name) and actual != sums[name]:
+            raise ManifestError("backup %s of VM %s cannot be restored: %s has sha256 %s, its manifest says %s; "
+                                "nothing was written. Run the vmbackup.libvirt.verify playbook (it marks the backup "
+                                "damaged) and restore another backup (backup=ID)"
+                                % (manifest["backup_id"], vm, path, actual, sums[name]))
+        return data
+
+    out = {}
+    if include_xml:
+        out["domain_xml"] = read(manifest.get("domain_xml") or "domain.xml").decode("utf-8")
+    if include_files:
+        out["nvram_content"] = (base64.b64encode(read("nvram.fd")).decode("ascii")
+                                if manifest.get("nvram") else None)
+        tpm_files = (manifest.get("tpm") or {}).get("files") or []
+        out["tpm_state"] = {name: base64.b64encode(read("tpm-" + check_file_name(name, "TPM state file")))
+                            .decode("ascii") for name in tpm_files}
+    return out
+
+
 def _prune(module, repo, vm, p, policy):
     """backup_prune's result for this VM after its commit, or None without keep_* rules.
 
@@ -236,11 +298,11 @@ def check_repository_path(path, node=""):
                             "or %s." % (where, probe_dir, exc.strerror, fix[0].lower() + fix[1:]))
 
 
-def _repo_lock(repo, vm, p):
+def _repo_lock(repo, vm, p, mode="append"):
     # append: a backup only adds to the repository, so restores (shared) may read meanwhile;
-    # prune and synthetic fulls (exclusive) wait for it.
+    # prune and synthetic fulls (exclusive) wait for it. shared: a restore's select.
     return _lock.lock_params(repo.lock_path(vm), p["lock_owner"], p["lock_purpose"], p["lock_node"], p["lock_wait"],
-                             mode="append", repository=repo.path, progress_file=p.get("lock_progress_file"))
+                             mode=mode, repository=repo.path, progress_file=p.get("lock_progress_file"))
 
 
 def _unlock(module, repo, vm, p):

@@ -94,6 +94,20 @@ options:
   domain_xml:
     description: For V(commit), the domain's XML.
     type: str
+  include_xml:
+    description:
+      - For V(select), also return the selected backup's domain XML as RV(domain_xml), checked against
+        the sha256 its manifest records. A successful result is then hidden from the log (it can hold
+        VNC/SPICE passwords); registered variables keep it, and an error stays visible.
+    type: bool
+    default: false
+  include_files:
+    description:
+      - For V(select), also return the backed-up NVRAM (RV(nvram_content)) and emulated TPM state
+        (RV(tpm_state)), base64, each checked against the sha256 its manifest records; hidden from the
+        log as with O(include_xml).
+    type: bool
+    default: false
   files:
     description: For V(commit), extra files (for example the NVRAM) as name to base64 content.
     type: dict
@@ -125,22 +139,26 @@ options:
         prune and synthetic fulls wait) for this owner, usually the run's ID; fail naming the
         holder if another live run holds it after O(lock_wait) seconds.
       - For V(commit) and V(abort), give the lock back afterwards if this owner holds it (RV(unlocked)).
+      - For V(select), first take a reader's lock (V(shared) mode, so other restores may read too and no prune
+        or synthetic full changes the VM's backups) and keep it for the restore, which gives it back with
+        M(vmbackup.libvirt.backup_lock) O(vmbackup.libvirt.backup_lock#module:state=absent) on
+        RV(lock_path); given back at once if the selection fails.
     type: str
   lock_purpose:
-    description: For V(begin) with O(lock_owner), what the lock is for (shown to a run that finds it held).
+    description: For V(begin) and V(select) with O(lock_owner), what the lock is for (shown to a run that finds it held).
     type: str
     default: ""
   lock_node:
-    description: For V(begin) with O(lock_owner), the backup node's name, recorded in the lock.
+    description: For V(begin) and V(select) with O(lock_owner), the backup node's name, recorded in the lock.
     type: str
     default: ""
   lock_wait:
-    description: For V(begin) with O(lock_owner), seconds to wait for a lock held by another run.
+    description: For V(begin) and V(select) with O(lock_owner), seconds to wait for a lock held by another run.
     type: int
     default: 0
   lock_progress_file:
     description:
-      - For V(begin) with O(lock_owner), while waiting for the lock write who holds it and how long this
+      - For V(begin) and V(select) with O(lock_owner), while waiting for the lock write who holds it and how long this
         run still waits to this file, for the C(vmbackup.libvirt.progress) callback. Omit for none.
     type: path
   keep_last:
@@ -213,6 +231,24 @@ EXAMPLES = r"""
     action: select
     before: "2026-11-22T12:00:00Z"
   register: chosen
+
+- name: Select the latest backup of web1 for a restore, with its XML, NVRAM and TPM state, under a reader's lock
+  vmbackup.libvirt.backup_repo:
+    path: /srv/vmbackup
+    vm: web1
+    action: select
+    include_xml: true
+    include_files: true
+    lock_owner: "{{ run_id }}"
+    lock_purpose: restore of web1
+    lock_wait: 600
+  register: chosen  # chosen.domain_xml, chosen.nvram_content, chosen.tpm_state
+
+- name: Give the reader's lock back when the restore is done
+  vmbackup.libvirt.backup_lock:
+    path: "{{ chosen.lock_path }}"
+    owner: "{{ run_id }}"
+    state: absent
 """
 
 RETURN = r"""
@@ -273,8 +309,29 @@ chain:
   elements: dict
 lock:
   description: With O(lock_owner), the lock taken (C(held), C(broke_stale), C(path)); V(null) without.
-  returned: action=begin
+  returned: action=begin or action=select
   type: dict
+lock_path:
+  description: With O(lock_owner), the VM's lock in the repository, to give the reader's lock back; V(null) without.
+  returned: action=select
+  type: str
+  sample: /srv/vmbackup/.locks/web1.lock
+domain_xml:
+  description: With O(include_xml), the selected backup's domain XML.
+  returned: action=select and include_xml
+  type: str
+nvram_content:
+  description: With O(include_files), the backed-up NVRAM, base64; V(null) when the backup has none.
+  returned: action=select and include_files
+  type: str
+tpm_state:
+  description: With O(include_files), the emulated TPM's state files, name to base64; empty when the backup has none.
+  returned: action=select and include_files
+  type: dict
+secrets_returned:
+  description: Whether the result carries the domain XML or the VM's files (the result is then hidden from the log).
+  returned: action=select
+  type: bool
 prune:
   description:
     - With a C(keep_*) rule, what retention did to O(vm), with M(vmbackup.libvirt.backup_prune)'s result fields

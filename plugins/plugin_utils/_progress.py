@@ -84,6 +84,16 @@ def job_done(status):
     return any(k not in RUNNING_KEYS and not k.startswith("_ansible") for k in status)
 
 
+def hide_returned_secrets(result):
+    """Mark a successful result that carries secrets (C(secrets_returned): a domain XML with its
+    VNC/SPICE passwords, NVRAM, TPM state) as no_log; registered variables keep the data. Task-level
+    no_log would also hide why a task failed: a failed result stays visible (its module masks
+    the secrets it read)."""
+    if result.get("secrets_returned") and not result.get("failed"):
+        result["_ansible_no_log"] = True
+    return result
+
+
 def shell_path(path):
     """The path quoted for the remote shell, keeping a leading ~/ that the module would expand."""
     if path.startswith("~/"):
@@ -110,7 +120,7 @@ class ProgressAction(ActionBase):
             result.update(self._execute_module(module_name=self.MODULE, task_vars=task_vars, wrap_async=wrap_async))
             if not wrap_async:
                 self._remove_tmp_path(self._connection._shell.tmpdir)
-            return result
+            return hide_returned_secrets(result)
         user_async, self._task.async_val = self._task.async_val, DEFAULT_ASYNC_LIMIT
         try:
             job = self._execute_module(module_name=self.MODULE, task_vars=task_vars, wrap_async=True)
@@ -120,7 +130,7 @@ class ProgressAction(ActionBase):
             result.update(job)
             return result
         result.update(self._wait(job, path, interval, task_vars))
-        return result
+        return hide_returned_secrets(result)
 
     def _wait(self, job, path, interval, task_vars):
         poll = {"jid": job["ansible_job_id"], "_async_dir": os.path.dirname(job["results_file"])}

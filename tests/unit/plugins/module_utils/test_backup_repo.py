@@ -219,3 +219,76 @@ def test_commit_applies_retention_under_the_vms_lock(tmp_path, monkeypatch, case
     # A refused commit leaves the partial backup for abort; a commit moves it into place.
     assert os.path.isdir(os.path.join(repo, "web1", ".partial-" + ids["C"])) is bool(
         case.get("error") or case.get("check_mode"))
+
+
+# --- select for a restore: the reader's lock, the domain XML, NVRAM and TPM state in one run
+def _committed_backup(repo, backup_id="20261122T010000Z"):
+    import base64
+    _backup_repo.run(FakeModule(path=repo, vm="web1", action="begin", backup_id=backup_id))
+    manifest = {"type": "full", "parent": None, "disks": [], "nvram": "/var/lib/libvirt/qemu/nvram/web1_VARS.fd",
+                "tpm": {"model": "tpm-crb", "version": "2.0", "files": ["tpm2-00.permall"]}}
+    files = {"nvram.fd": base64.b64encode(b"uefi vars").decode(), "tpm-tpm2-00.permall": base64.b64encode(b"sealed").decode()}
+    _backup_repo.run(FakeModule(path=repo, vm="web1", action="commit", backup_id=backup_id, manifest=manifest,
+                                domain_xml="<domain><name>web1</name></domain>", files=files))
+    return os.path.join(repo, "web1", backup_id)
+
+
+def test_select_returns_the_xml_and_files_under_a_readers_lock_it_keeps(tmp_path):
+    import base64
+    repo = str(tmp_path / "repo")
+    bdir = _committed_backup(repo)
+    got = _backup_repo.run(FakeModule(path=repo, vm="web1", action="select", include_xml=True, include_files=True,
+                                      lock_owner="restore-a", lock_purpose="restore of VM web1 to hv2"))
+    assert got["backup"]["dir"] == bdir and got["changed"] is False and got["secrets_returned"] is True
+    assert got["domain_xml"] == "<domain><name>web1</name></domain>"
+    assert base64.b64decode(got["nvram_content"]) == b"uefi vars"
+    assert {k: base64.b64decode(v) for k, v in got["tpm_state"].items()} == {"tpm2-00.permall": b"sealed"}
+    lock = os.path.join(repo, ".locks", "web1.lock")
+    assert got["lock_path"] == lock and got["lock"]["held"]
+    reader = _lock.shared_path(lock, "restore-a")
+    assert os.path.exists(reader) and _lock.read_lock(reader)["mode"] == "shared"
+    # Another restore reads too; a prune (exclusive) is refused while the reader holds the lock.
+    _backup_repo.run(FakeModule(path=repo, vm="web1", action="select", lock_owner="restore-b"))
+    with pytest.raises(VmbackupError, match="restore of VM web1 to hv2"):
+        _lock.acquire(FakeModule(), _lock.lock_params(lock, "prune-1", "prune of web1"))
+    # Without include_*, nothing secret comes back; without lock_owner, no lock.
+    plain = _backup_repo.run(FakeModule(path=repo, vm="web1", action="select"))
+    assert "domain_xml" not in plain and "nvram_content" not in plain and plain["secrets_returned"] is False
+    assert plain["lock"] is None and plain["lock_path"] is None
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("nvram.fd", r"nvram.fd has sha256 [0-9a-f]{64}, its manifest says"),
+    ("tpm-tpm2-00.permall", r"tpm-tpm2-00.permall has sha256"),
+    ("domain.xml", r"domain.xml has sha256"),
+    ("missing-nvram", r"nvram.fd cannot be read"),
+    ("no-such-backup", r"20990101T000000Z"),
+])
+def test_select_that_fails_gives_its_readers_lock_back(tmp_path, damage, match):
+    repo = str(tmp_path / "repo")
+    bdir = _committed_backup(repo)
+    backup = "latest"
+    if damage == "missing-nvram":
+        os.unlink(os.path.join(bdir, "nvram.fd"))
+    elif damage == "no-such-backup":
+        backup = "20990101T000000Z"
+    else:
+        with open(os.path.join(bdir, damage), "ab") as fh:
+            fh.write(b"x")
+    with pytest.raises(VmbackupError, match=match):
+        _backup_repo.run(FakeModule(path=repo, vm="web1", action="select", backup=backup, include_xml=True,
+                                    include_files=True, lock_owner="restore-a"))
+    assert not os.path.exists(_lock.shared_path(os.path.join(repo, ".locks", "web1.lock"), "restore-a"))
+
+
+def test_select_refuses_a_tpm_file_name_outside_the_backup(tmp_path):
+    repo = str(tmp_path / "repo")
+    bdir = _committed_backup(repo)
+    path = os.path.join(bdir, "manifest.json")
+    with open(path) as fh:
+        manifest = json.load(fh)
+    manifest["tpm"]["files"] = ["../../../etc/shadow"]
+    with open(path, "w") as fh:
+        json.dump(manifest, fh)
+    with pytest.raises(VmbackupError, match="not a plain file name"):
+        _backup_repo.run(FakeModule(path=repo, vm="web1", action="select", include_files=True))

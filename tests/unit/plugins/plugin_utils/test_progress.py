@@ -179,3 +179,28 @@ def test_runs_plainly_without_polling(monkeypatch, args, check_mode, task_vars):
     action, calls = make_action(monkeypatch, args, statuses=[], progress=[], check_mode=check_mode)
     assert action.run(task_vars=task_vars) == {"changed": True, "sync": True}
     assert calls[0][2] is False and not [c for c in calls if c[0] == "shell"]
+
+
+@pytest.mark.parametrize("result, hidden", [
+    ({"changed": False, "secrets_returned": True, "domain_xml": "<domain/>"}, True),
+    ({"failed": True, "secrets_returned": True, "msg": "sha256 differs"}, False),  # an error stays readable
+    ({"changed": False, "secrets_returned": False}, False),
+    ({"changed": True}, False),
+])
+def test_hide_returned_secrets(result, hidden):
+    assert bool(_progress.hide_returned_secrets(dict(result)).get("_ansible_no_log")) is hidden
+
+
+def test_a_result_with_secrets_is_hidden_when_run_plainly_and_as_a_job(monkeypatch):
+    # The module's own result says it carries secrets (backup_repo select with include_xml).
+    for args, statuses in (({}, []), ({"progress_file": "/p/x.json"},
+                                      [{"finished": 1, "changed": False, "secrets_returned": True}])):
+        action, _calls = make_action(monkeypatch, args, statuses=statuses, progress=[])
+        plain = action._execute_module
+
+        def execute_module(module_name=None, module_args=None, task_vars=None, wrap_async=False, plain=plain):
+            got = plain(module_name, module_args, task_vars, wrap_async)
+            return dict(got, secrets_returned=True) if got.get("sync") else got
+
+        action._execute_module = execute_module
+        assert action.run(task_vars={"vmbackup_progress_interval": 1})["_ansible_no_log"] is True
