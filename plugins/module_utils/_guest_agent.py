@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+from xml.etree import ElementTree
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._virsh import URI_ARGSPEC, Virsh
@@ -41,6 +42,7 @@ ARGUMENT_SPEC = dict(
 )
 
 WATCHDOG_MARK = "vmbackup-watchdog"
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
 PROC = "/proc"
 
 # $0 mark, $1 URI, $2 VM, $3 thaw|resume, $4 deadline (epoch s), $5 seconds, $6 virsh, $7 timeout(1).
@@ -132,6 +134,12 @@ def disarm_watchdogs(virsh, name, kind, now=None, proc=None):
     return {"disarmed": disarmed, "fired": fired}
 
 
+def has_agent_channel(virsh, name):
+    """Whether VM ``name``'s live XML has the guest agent's channel (org.qemu.guest_agent.0)."""
+    root = ElementTree.fromstring(virsh.dumpxml(name))
+    return any(t.get("name") == AGENT_CHANNEL for t in root.findall("./devices/channel/target"))
+
+
 def run(module):
     p = module.params
     virsh = Virsh(CommandRunner(module), p["uri"])
@@ -167,7 +175,18 @@ def run(module):
         raise VmbackupError("watchdog must be 0 (none) or a number of seconds, not %s" % p["watchdog"])
     if action in ("pause", "resume"):
         return _pause_resume(module, virsh, name, action)
-    status = virsh.agent_command(name, "guest-fsfreeze-status", timeout=min(p["timeout"], 10))
+    try:
+        status = virsh.agent_command(name, "guest-fsfreeze-status", timeout=min(p["timeout"], 10))
+    except VmbackupError:
+        # A VM with no agent channel has nothing an agent froze: its thaw (the backup role thaws
+        # after a failed freeze too) must not fail the backup. A channel whose agent does not
+        # answer may hide a frozen guest: that thaw still fails.
+        if action != "thaw" or has_agent_channel(virsh, name):
+            raise
+        result = {"changed": False, "frozen": False, "agent": False}
+        if not module.check_mode:
+            result["watchdog"] = disarm_watchdogs(virsh, name, "thaw")
+        return result
     if action == "freeze":
         if status == "frozen":
             return {"changed": False, "frozen": True}

@@ -120,8 +120,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 agent:
-  description: Whether the agent answered.
-  returned: action=ping
+  description:
+    - Whether the agent answered (V(ping)). With V(thaw), V(false) when the VM has no guest agent
+      channel at all, so nothing can have been frozen through one and there is nothing to thaw.
+  returned: action=ping; action=thaw when the VM has no agent channel
   type: bool
 rc:
   description: Exit code of the command.

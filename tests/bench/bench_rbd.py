@@ -187,6 +187,7 @@ def _run(opts, res, wd, image):
                           "bytes_sent": pull["bytes_sent"], "bytes_stored": pull["stored_bytes"],
                           "ref_export_diff": _r(rinc)}
     rbd("snap", "rm", "--no-progress", image + "@bench-ref2")
+    _mixed_vm(res, wd, ans)
     # the fixed cost of one rbd command over SSH (the module lists the snapshots first)
     t = time.monotonic()
     B.hv_run(_rbd_remote("snap", "ls", "--format", "json", image), timeout=120)
@@ -195,7 +196,54 @@ def _run(opts, res, wd, image):
 
 def _m(m):
     return {"seconds": round(m["seconds"], 3), "peak_rss_mb": round(m["peak_mb"], 1),
-            "rss_mb": {k: round(v, 1) for k, v in m["rss"].items()}}
+            "rss_mb": {k: round(v, 1) for k, v in m["rss"].items()}, "module_runs": m.get("module_runs", {})}
+
+
+MIXED_VM = "vmb-bench-mixed"
+
+
+def _mixed_vm(res, wd, ans):
+    """A running VM with a qcow2 file disk and an RBD disk (cephx secret), backed up twice by the
+    backup playbook (full, then incremental): the module runs per VM of a mixed VM (issue 14)."""
+    import domains
+    image = "rbd/bench-mixed-%s" % uuid.uuid4().hex[:8]
+    qcow = os.path.join(wd, "mixed-vda.qcow2")
+    secret = str(uuid.uuid4())
+    os.chmod(wd, 0o711)
+    rbd("create", "--no-progress", "--size", "64M", image)
+    B.run(["qemu-img", "create", "-q", "-f", "qcow2", qcow, "64M"])
+    B.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 8M", qcow])
+    key = B.run(["ceph", "--conf", CONF, "--id", "admin", "--keyring", ADMIN_KEYRING, "auth", "get-key",
+                 "client.vmbackup"])[1].strip()
+    domains.virsh("secret-define", "/dev/stdin", input_text=(
+        "<secret ephemeral='no' private='yes'><uuid>%s</uuid><usage type='ceph'><name>client.vmbackup bench %s</name>"
+        "</usage></secret>" % (secret, secret[:8])))
+    keyfile = os.path.join(wd, "secret.key")
+    with open(os.open(keyfile, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(key)
+    try:
+        domains.virsh("secret-set-value", "--secret", secret, "--file", keyfile)
+        os.unlink(keyfile)
+        domains.virsh("define", "/dev/stdin", input_text="""<domain type='kvm'><name>%s</name>
+          <memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os><devices>
+          <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/>
+            <target dev='vda' bus='virtio'/></disk>
+          <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+            <auth username='vmbackup'><secret type='ceph' uuid='%s'/></auth>
+            <source protocol='rbd' name='%s'><host name='127.0.0.1' port='6789'/></source>
+            <target dev='vdb' bus='virtio'/></disk></devices></domain>""" % (MIXED_VM, qcow, secret, image))
+        domains.virsh("start", MIXED_VM)
+        extra = {"vmbackup_vms": MIXED_VM, "vmbackup_repository": os.path.join(wd, "repo-mixed"),
+                 "vmbackup_ceph_conf": CONF, "vmbackup_ceph_id": "vmbackup", "vmbackup_ceph_keyring": VMB_KEYRING}
+        log("rbd: a VM with a file disk and an RBD disk: full and incremental by the backup playbook")
+        res["mixed_full"] = _m(ans.playbook("vmbackup.libvirt.backup", extra, "mixed VM full backup"))
+        res["mixed_incremental"] = _m(ans.playbook("vmbackup.libvirt.backup", extra, "mixed VM incremental"))
+    finally:
+        domains.virsh("destroy", MIXED_VM, check=False)
+        domains.virsh("undefine", MIXED_VM, check=False)
+        domains.virsh("secret-undefine", secret, check=False)
+        rbd("snap", "purge", "--no-progress", image, check=False)
+        rbd("rm", "--no-progress", image, check=False)
 
 
 def _r(m):
@@ -236,6 +284,12 @@ def report(res):
     for key in ("full", "incremental"):
         if key in res:
             lines.append("  peak RSS, %s playbook: %s" % (key, B.rss_line(res[key]["ours_playbook"]["rss_mb"], 9)))
+    mixed = [(label, B.module_runs_line(res.get(key))) for key, label in
+             (("mixed_full", "full"), ("mixed_incremental", "incremental"))]
+    if any(n for _l, n in mixed):
+        lines.append("Module runs per VM, a VM with a file disk and an RBD disk (backup playbook): "
+                     + ", ".join("%s %s (%s)" % (label, n or "-", B.fmt_s(res[key]["seconds"]))
+                                 for (label, n), key in zip(mixed, ("mixed_full", "mixed_incremental"))))
     return "\n".join(lines)
 
 
@@ -251,6 +305,11 @@ def targets(res):
                     None))
         out.append(("RBD %s: peak RSS of every process of ours < 150 MB" % key,
                     "%.0f MB" % x["ours_playbook"]["peak_rss_mb"], x["ours_playbook"]["peak_rss_mb"] < 150))
+    for key in ("mixed_full", "mixed_incremental"):
+        runs = list((res.get(key) or {}).get("module_runs", {}).values())
+        if len(runs) == 1:
+            out.append(("mixed VM (file + RBD disk) %s in <= 8 module runs per VM (issue 14)" % key.split("_")[1],
+                        str(runs[0]["runs"]), runs[0]["runs"] <= 8))
     x = res.get("incremental")
     if x and res.get("changed_bytes"):
         ch = res["changed_bytes"]

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
 from benchlib import log  # noqa: E402
 
-SECTIONS = ("file", "rbd", "lvm", "parallel", "channel")
+SECTIONS = ("file", "rbd", "lvm", "parallel", "channel", "fleet")
 
 
 def parse(argv):
@@ -40,6 +40,10 @@ def parse(argv):
     ap.add_argument("--channel", action="store_true", help="run the channel section (issue 13: data channels alone)")
     ap.add_argument("--channel-data-mib", type=int, default=1024, help="data in the channel section's image (default 1024)")
     ap.add_argument("--channel-rounds", type=int, default=2, help="runs of each channel row (default 2)")
+    ap.add_argument("--fleet", action="store_true", help="run the fleet section (8 running VMs, 2 hypervisors)")
+    ap.add_argument("--fleet-size-mib", type=int, default=1024, help="disk of each fleet VM (default 1024)")
+    ap.add_argument("--fleet-data-mib", type=int, default=128, help="data in each fleet VM's disk (default 128)")
+    ap.add_argument("--fleet-write-mib", type=int, default=64, help="each fleet guest's writes (default 64)")
     ap.add_argument("--par-data-mib", type=int, default=512, help="data in each VM of the parallel section (default 512)")
     ap.add_argument("--size-gib", type=int, default=16, help="virtual size of the file disk (default 16)")
     ap.add_argument("--data-gib", type=int, default=4, help="random data in it (default 4)")
@@ -121,6 +125,11 @@ def main(argv=None):
                 res = bench_parallel.run_section(opts, results)
                 reports.append(bench_parallel.report(res))
                 verdicts += [("parallel", *v) for v in bench_parallel.targets(res)]
+            elif section == "fleet":
+                import bench_fleet
+                res = bench_fleet.run_section(opts, results)
+                reports.append(bench_fleet.report(res))
+                verdicts += [("fleet", *v) for v in bench_fleet.targets(res)]
             elif section == "lvm":
                 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_lvm.py")
                 if not os.path.exists(path):
