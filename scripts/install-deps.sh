@@ -15,6 +15,7 @@ PACKAGES=(
   virtnbdbackup libnbd-bin python3-libnbd
   iproute2 procps psmisc time
   swtpm swtpm-tools
+  libguestfs-tools python3-guestfs
 )
 
 stamp=/var/tmp/vmbackup-deps.stamp
