@@ -84,11 +84,11 @@ def openable_disks(manifest, wanted=None):
         if fmt in OPENABLE_FORMATS:
             opened.append(disk)
         else:
-            left_out.append({"target": target, "reason": "stored as %s (%s), which file-level restore cannot open "
-                                                          "yet; restore the disk instead" % (fmt, disk.get("file"))})
+            why = "stored as %s (%s), which file-level restore cannot open yet; restore the disk instead"
+            left_out.append({"target": target, "reason": why % (fmt, disk.get("file"))})
     if wanted and left_out:
-        raise VmbackupError("backup %s of VM %s: %s" % (manifest["backup_id"], manifest["vm"],
-                                                         "; ".join("disk %(target)s is %(reason)s" % d for d in left_out)))
+        refused = "; ".join("disk %(target)s is %(reason)s" % d for d in left_out)
+        raise VmbackupError("backup %s of VM %s: %s" % (manifest["backup_id"], manifest["vm"], refused))
     if not opened:
         raise VmbackupError("backup %s of VM %s has no disk that file-level restore can open (%s)"
                             % (manifest["backup_id"], manifest["vm"],

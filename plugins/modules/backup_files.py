@@ -10,7 +10,7 @@ module: backup_files
 short_description: List, find and extract files inside a backup's guest disks, read-only
 version_added: 0.2.0
 description:
-  - File-level restore. Opens the stored disk images of one backup of a VM (any point of a chain:
+  - File-level restore. Opens the stored disk images of one backup of a VM (any point of a chain -
     a full or an incremental, read with its parent backups) read-only with libguestfs, finds the
     guest's file systems (inspection of its operating system, partitions and LVM inside the guest;
     a disk with no operating system is mounted from its only file system, or the one named by
@@ -21,9 +21,9 @@ description:
     (ext2/3/4, XFS, Btrfs, NTFS with ntfs-3g in the appliance, and others).
   - Takes the VM's shared reader's lock in the repository while it reads (as a restore does), so
     retention cannot remove the backup meanwhile; it is given back before the module returns.
-  - Extracted files keep their modes, owners, times and extended attributes; a tree is unpacked by
+  - Extracted files keep their modes, owners and times (the files of an extracted tree their extended attributes too); a tree is unpacked by
     GNU tar into a staging directory beside the destination and moved into place when complete.
-    Nothing already at the destination is overwritten unless O(force): an identical copy is left as
+    Nothing already at the destination is overwritten unless O(force) - an identical copy is left as
     it is (a second run reports no change), a different one fails with nothing extracted.
   - Disks stored as RBD diff streams cannot be opened file by file yet; they are left out (RV(left_out))
     or, when named in O(disks), refused.
@@ -219,9 +219,9 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._backup_files imp
 
 
 def main():
-    respawn_for_guestfs()
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF,
                            mutually_exclusive=[("backup", "before")], supports_check_mode=True)
+    respawn_for_guestfs()
     run_module(module, run)
 
 

@@ -23,7 +23,7 @@ import textwrap
 import time
 
 import benchlib as B
-from benchlib import MiB, log
+from benchlib import log
 
 HYPERVISORS = {"hv1": "127.0.0.11", "hv2": "127.0.0.12"}
 VMS_PER_HYPERVISOR = 4
@@ -101,8 +101,8 @@ def run_section(opts, results):
         for i, name in enumerate(names):
             path = os.path.join(wd, "%s.qcow2" % name)
             B.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "%dM" % opts.fleet_size_mib])
-            B.run(["qemu-io", "-f", "qcow2", "-c", "write -P %d %dM %dM" % (0x31 + i, opts.fleet_size_mib // 2,
-                                                                             opts.fleet_data_mib), path])
+            write = "write -P %d %dM %dM" % (0x31 + i, opts.fleet_size_mib // 2, opts.fleet_data_mib)
+            B.run(["qemu-io", "-f", "qcow2", "-c", write, path])
             made.append(name)
             domains.define_guest(name, [{"target": "vda", "format": "qcow2", "path": path}], replace=True,
                                  memory_mib=192)

@@ -56,9 +56,8 @@ def _guest_view(paths):
     """{path: (sha256, octal mode, mtime)} as the guest sees them now."""
     out = {}
     for path in paths:
-        _rc, text, _err = domains.guest_exec(VM, ["/bin/sh", "-c", "sha256sum /mnt/itfs/%s | cut -d' ' -f1; "
-                                                               "stat -c '%%a %%Y' /mnt/itfs/%s" % (path, path)],
-                                             timeout=60, check=True)
+        script = "sha256sum /mnt/itfs/%s | cut -d' ' -f1; stat -c '%%a %%Y' /mnt/itfs/%s" % (path, path)
+        _rc, text, _err = domains.guest_exec(VM, ["/bin/sh", "-c", script], timeout=60, check=True)
         digest, rest = text.strip().split("\n")
         mode, mtime = rest.split()
         out[path] = (digest, int(mode, 8), int(mtime))
