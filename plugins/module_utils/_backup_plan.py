@@ -31,6 +31,8 @@ backup_repo action=commit, backup_prune), as Ansible hands them to a filter.
 
 from __future__ import annotations
 
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._metrics import duration
+
 BACKENDS = ("file", "block", "rbd")
 LVM_REASON = "LVM volumes are copied whole (no changed-block source for them yet)"
 # The role's vmbackup_unsupported_disks and vmbackup_shareable_disks, first the default.
@@ -267,6 +269,7 @@ def result_ok(run):
         "excluded": manifest.get("excluded"),
         "warnings": list((run.get("disk_plan") or run.get("plan") or {}).get("warnings") or []),
         "started": begin.get("started"), "finished": manifest.get("finished"),
+        "duration_seconds": duration(begin.get("started"), manifest.get("finished")),
     }
 
 
@@ -335,6 +338,7 @@ def result_failed(run):
         "warnings": list((run.get("disk_plan") or run.get("plan") or {}).get("warnings") or []),
         "error": "%s: %s" % ((run.get("failed_task") or {}).get("name") or "", failure_cause(run.get("failed_result"))),
         "rollback": ("failed: %s" % rollback.get("msg")) if rollback.get("failed") else "ok",
+        "started": (run.get("begin") or {}).get("started"),
     }
 
 

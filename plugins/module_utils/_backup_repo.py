@@ -16,6 +16,7 @@ import tempfile
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _metrics
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._domain import Domain
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _retention
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._retention import POLICY_ARGSPEC, full_due
@@ -31,7 +32,8 @@ from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository impor
 ARGUMENT_SPEC = dict(
     path=dict(type="path", required=True),
     vm=dict(type="str"),
-    action=dict(type="str", required=True, choices=["begin", "commit", "abort", "clean", "list", "select", "report"]),
+    action=dict(type="str", required=True,
+                choices=["begin", "commit", "abort", "clean", "list", "select", "report", "metrics"]),
     backup_id=dict(type="str"),
     backup=dict(type="str", default="latest"),
     before=dict(type="str"),
@@ -45,6 +47,7 @@ ARGUMENT_SPEC = dict(
     clean=dict(type="bool", default=False),
     report=dict(type="dict"),
     report_name=dict(type="str"),
+    metrics_file=dict(type="path"),
     lock_owner=dict(type="str"),
     lock_purpose=dict(type="str", default=""),
     lock_node=dict(type="str", default=""),
@@ -60,6 +63,7 @@ REQUIRED_IF = [
     ("action", "clean", ["vm"]),
     ("action", "select", ["vm"]),
     ("action", "report", ["report", "report_name"]),
+    ("action", "metrics", ["metrics_file"]),
 ]
 
 REPORT_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
@@ -116,6 +120,8 @@ def _run(module):
     if action == "report":
         check_repository_path(repo.path, p["lock_node"])
         return write_report(module, repo, p["report_name"], p["report"])
+    if action == "metrics":
+        return write_metrics(module, repo, p["metrics_file"])
     if action == "begin":
         # Before anything else: a repository that cannot hold backups fails here, clearly.
         check_repository_path(repo.path, p["lock_node"])
@@ -323,3 +329,33 @@ def write_report(module, repo, name, report):
     data = json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
     _files.write_atomic(path, data.encode("utf-8"))
     return {"changed": True, "report_path": path, "mode_fixes": mode_fixes}
+
+
+def latest_reports(repo):
+    """The hypervisors' latest reports in the repository (an unreadable one is left out)."""
+    if not os.path.isdir(repo.path):
+        return []
+    names = sorted(n for n in os.listdir(repo.path) if n.startswith("report-") and n.endswith("-latest.json"))
+    found = [_files.read_json(os.path.join(repo.path, n), None) for n in names]
+    return [r for r in found if r]
+
+
+def write_metrics(module, repo, path):
+    """The repository's state as a Prometheus textfile at PATH (0644: node_exporter reads it;
+    it holds names, times and sizes, no secret), replaced atomically."""
+    where = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(where):
+        raise VmbackupError("the directory of metrics_file %s does not exist on host %s; create it (node_exporter's "
+                            "--collector.textfile.directory) or choose another; nothing was written" % (path, where))
+    if not path.endswith(".prom"):
+        raise VmbackupError("metrics_file %s must end in .prom: node_exporter's textfile collector reads only those"
+                            % path)
+    usable = {vm: repo.backups(vm, usable_only=True) for vm in repo.vms()}
+    text = _metrics.render(_metrics.samples(repo.path, usable, latest_reports(repo), round(_now(), 3)))
+    if not module.check_mode:
+        _files.write_atomic(path, text.encode("utf-8"), mode=0o644)
+    return {"changed": True, "metrics_file": path, "vms": sorted(usable)}
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).timestamp()

@@ -73,9 +73,15 @@ options:
       - V(select) finds the backup to restore (O(backup), O(before)) and its chain.
       - V(report) writes O(report) as C(report-NAME-latest.json) (NAME is O(report_name)) in the
         repository, replacing the earlier one atomically.
+      - V(metrics) writes the repository's state as a Prometheus textfile at O(metrics_file), for
+        node_exporter's textfile collector - for every VM its newest usable backup (the last success - when it
+        finished, how long it took, bytes sent and stored, full or incremental, how many usable backups there
+        are) and, from each hypervisor's latest report, whether the VM's last run succeeded and when it ran.
+        Every metric is a gauge named C(vmbackup_*) with labels C(vm), C(repository) (and C(hypervisor) for
+        the last run). Made from the repository, not from one run - a failed run leaves the last success as it was.
     type: str
     required: true
-    choices: [begin, commit, abort, clean, list, select, report]
+    choices: [begin, commit, abort, clean, list, select, report, metrics]
   backup_id:
     description: The backup's ID. V(begin) makes one from the current UTC time when omitted.
     type: str
@@ -132,6 +138,12 @@ options:
   report_name:
     description: For V(report), the name in the file name, usually the hypervisor's inventory name.
     type: str
+  metrics_file:
+    description:
+      - For V(metrics), the file to write (its name must end in C(.prom)), in an existing directory - usually
+        node_exporter's C(--collector.textfile.directory). Written with mode 0644 and replaced atomically; it
+        holds VM names, times and sizes, no secret.
+    type: path
   lock_owner:
     description:
       - For V(begin), first take the VM's lock in the repository (C(.locks/VM.lock), as
@@ -249,6 +261,12 @@ EXAMPLES = r"""
     path: "{{ chosen.lock_path }}"
     owner: "{{ run_id }}"
     state: absent
+
+- name: The repository's state for node_exporter's textfile collector
+  vmbackup.libvirt.backup_repo:
+    path: /srv/vmbackup
+    action: metrics
+    metrics_file: /var/lib/prometheus/node-exporter/vmbackup.prom
 """
 
 RETURN = r"""
@@ -381,6 +399,15 @@ report_path:
   description: The report file written.
   returned: action=report
   type: str
+metrics_file:
+  description: The textfile written.
+  returned: action=metrics
+  type: str
+vms:
+  description: The VMs of the repository the textfile describes.
+  returned: action=metrics
+  type: list
+  elements: str
 mode_fixes:
   description:
     - Directories of the repository whose mode let others than the owner in, set to 0700 by

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import os
@@ -224,3 +225,41 @@ def test_missing_vm_and_unsupported_disk_fail_clearly(guest, playbook, tmp_path)
     playbook.run(BACKUP, inv, {"vmbackup_vms": vm, "vmbackup_repository": repo,
                                "vmbackup_unsupported_disks": "skip", "vmbackup_keep_overlay": False})
     assert [d["target"] for d in manifests(repo, vm)[0]["disks"]] == ["vda"]
+
+
+def test_metrics_textfile_keeps_the_last_success_through_a_failed_run(guest, playbook, tmp_path):
+    """vmbackup_metrics_file: node_exporter's textfile, from the whole repository, after each run."""
+    vm = "it-off3"
+    repo, prom = str(tmp_path / "repo"), str(tmp_path / "textfile" / "vmbackup.prom")
+    os.makedirs(os.path.dirname(prom))
+    guest(vm, [{"target": "vda", "format": "qcow2", "size_mib": 16}], running=False)
+    inv = playbook.inventory(local_inventory())
+    extra = {"vmbackup_vms": vm, "vmbackup_repository": repo, "vmbackup_metrics_file": prom}
+    playbook.run(BACKUP, inv, extra)
+    first = manifests(repo, vm)[-1]
+
+    def metric(text, name, **labels):
+        want = ",".join('%s="%s"' % kv for kv in sorted(dict(labels, repository=repo).items()))
+        found = re.findall(r"^%s\{%s\} (\S+)$" % (name, re.escape(want)), text, re.M)
+        return float(found[0]) if found else None
+
+    with open(prom) as fh:
+        text = fh.read()
+    assert os.stat(prom).st_mode & 0o777 == 0o644  # node_exporter reads it; nothing secret in it
+    done = metric(text, "vmbackup_last_success_timestamp_seconds", vm=vm)
+    assert done and abs(done - datetime.datetime.fromisoformat(first["finished"]).timestamp()) < 1
+    assert metric(text, "vmbackup_last_success_full", vm=vm) == 1
+    assert metric(text, "vmbackup_usable_backups", vm=vm) == 1
+    assert metric(text, "vmbackup_last_run_success", vm=vm, hypervisor="hv-local") == 1
+    assert metric(text, "vmbackup_last_success_duration_seconds", vm=vm) > 0
+    # The same figures are in the JSON report.
+    assert report(repo, "hv-local")[0]["duration_seconds"] > 0
+
+    # A run that fails (a hook before the snapshot): the last success stays, the run says it failed.
+    failing = dict(extra, backup_pre_commands=[{"where": "hypervisor", "command": ["false"]}])
+    playbook.run(BACKUP, inv, failing, expect_rc=2)
+    with open(prom) as fh:
+        text = fh.read()
+    assert metric(text, "vmbackup_last_success_timestamp_seconds", vm=vm) == done
+    assert metric(text, "vmbackup_last_run_success", vm=vm, hypervisor="hv-local") == 0
+    assert metric(text, "vmbackup_usable_backups", vm=vm) == 1
