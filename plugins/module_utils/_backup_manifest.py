@@ -65,6 +65,8 @@ def disk_entry(result, chain, known):
     reason = reason or item.get("reason")
     if reason:
         entry["reason"] = reason
+    if result.get("compression") not in (None, "none"):
+        entry["compression"] = result["compression"]  # synthetic fulls of the chain keep it
     if backend == "rbd":
         entry["hosts"] = known.get("hosts")
         entry["auth"] = known.get("auth")

@@ -34,6 +34,7 @@ ARGUMENT_SPEC = dict(
         DISK_SPEC, image=dict(type="str", required=True), repo_image=dict(type="path", required=True)),
         required_if=[("mode", "delta", ["parent_image"])]),
     compare=dict(type="bool", default=True),
+    compression=dict(type="str", default="none", choices=list(transfer.COMPRESSIONS)),
     progress_file=dict(type="path"),
     **dict(DISK_SPEC, **dict(_ssh.CONNECTION_ARGSPEC, **_ssh.DATA_CHANNEL_ARGSPEC))
 )
@@ -59,11 +60,12 @@ def backup(module, runner, hv, p):
         raise VmbackupError("repository directory %s does not exist on the backup node" % os.path.dirname(dest))
     start = time.time()
     if p["mode"] == "full":
-        result = transfer.pull_full(runner, hv, p["image"], p["format"], dest, p["progress_file"])
+        result = transfer.pull_full(runner, hv, p["image"], p["format"], dest, p["progress_file"], p["compression"])
     else:
         if not os.path.exists(p["parent_image"]):
             raise VmbackupError("parent image %s of the delta is not in the repository" % p["parent_image"])
-        result = transfer.pull_delta(runner, hv, p["image"], dest, p["parent_image"], p["progress_file"])
+        result = transfer.pull_delta(runner, hv, p["image"], dest, p["parent_image"], p["progress_file"],
+                                     p["compression"])
     # The transfer's own time; reading the image back for its checksum is reported apart.
     duration = round(time.time() - start, 3)
     checked = time.time()

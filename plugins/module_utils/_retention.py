@@ -39,6 +39,7 @@ import time
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
 from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._transfer import qcow2_output
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import (
     DELETING_PREFIX,
     ID_RE,
@@ -489,9 +490,12 @@ def _next_id(repo, vm, backup_id):
     return "%s-%d" % (base, n)
 
 
-def synthesize_argv(src, dest):
-    """qemu-img convert of a backup's chain into one standalone qcow2, its output flushed."""
-    return ["qemu-img", "convert", "-t", "writeback", "-f", "qcow2", "-O", "qcow2", src, dest]
+def synthesize_argv(src, dest, compression=None):
+    """qemu-img convert of a backup's chain into one standalone qcow2, its output flushed; a disk
+    whose backup was compressed (its manifest's ``compression``) gets a compressed synthetic full."""
+    if compression in (None, "none"):
+        return ["qemu-img", "convert", "-t", "writeback", "-f", "qcow2", "-O", "qcow2", src, dest]
+    return (["qemu-img", "convert", "-t", "writeback", "-f", "qcow2"] + qcow2_output(compression) + [src, dest])
 
 
 def synthesize(module):
@@ -548,7 +552,7 @@ def _synthesize(module, repo, vm):
             # -t writeback: flushed when qemu-img closes it (convert's default, unsafe, never
             # flushes); the umask makes it 0600 from creation on; commit fsyncs it again.
             with _files.private_umask():
-                runner.run(synthesize_argv(src, dest + ".part"),
+                runner.run(synthesize_argv(src, dest + ".part", disk.get("compression")),
                            what="merging the chain of disk %s of backup %s" % (disk["target"], sid))
             runner.run(["qemu-img", "check", "-q", "-f", "qcow2", dest + ".part"],
                        what="checking the synthetic full image of disk %s" % disk["target"])

@@ -2,11 +2,12 @@
 invocation on this machine's test bed (issues 3 and 6). Prints ratios against references run in
 the same invocation, and peak memory; writes build/bench/results.json.
 
-    .venv/bin/python tests/bench/run.py [file] [rbd] [lvm] [parallel] [channel] [--size-gib 16] [--data-gib 4] [--big]
+    .venv/bin/python tests/bench/run.py [file] [rbd] [lvm] [parallel] [channel] [fleet] [compression] [--size-gib 16] ...
 
 Sections (default all): file (issue 3), rbd (issue 6), lvm (tests/bench/bench_lvm.py, if present),
 parallel (issue 8: four VMs on two hypervisors, one at a time and two per hypervisor), channel (issue 13:
-the data channels alone, backup and restore, against local qemu-img convert and ssh -L).
+the data channels alone, backup and restore, against local qemu-img convert and ssh -L), fleet (issue 14:
+8 running VMs on 2 hypervisors against a virtnbdbackup loop), compression (issue 18: zstd's cost and ratio).
 ansible-playbook runs use ANSIBLE_PIPELINING=1. See tests/bench/README.md.
 """
 
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
 from benchlib import log  # noqa: E402
 
-SECTIONS = ("file", "rbd", "lvm", "parallel", "channel", "fleet")
+SECTIONS = ("file", "rbd", "lvm", "parallel", "channel", "fleet", "compression")
 
 
 def parse(argv):
@@ -41,6 +42,8 @@ def parse(argv):
     ap.add_argument("--channel-data-mib", type=int, default=1024, help="data in the channel section's image (default 1024)")
     ap.add_argument("--channel-rounds", type=int, default=2, help="runs of each channel row (default 2)")
     ap.add_argument("--fleet", action="store_true", help="run the fleet section (8 running VMs, 2 hypervisors)")
+    ap.add_argument("--compression", action="store_true", help="run the compression section (zstd, two kinds of data)")
+    ap.add_argument("--comp-data-mib", type=int, default=512, help="data in each compression image (default 512)")
     ap.add_argument("--fleet-size-mib", type=int, default=1024, help="disk of each fleet VM (default 1024)")
     ap.add_argument("--fleet-data-mib", type=int, default=128, help="data in each fleet VM's disk (default 128)")
     ap.add_argument("--fleet-write-mib", type=int, default=64, help="each fleet guest's writes (default 64)")
@@ -130,6 +133,11 @@ def main(argv=None):
                 res = bench_fleet.run_section(opts, results)
                 reports.append(bench_fleet.report(res))
                 verdicts += [("fleet", *v) for v in bench_fleet.targets(res)]
+            elif section == "compression":
+                import bench_compression
+                res = bench_compression.run_section(opts, results)
+                reports.append(bench_compression.report(res))
+                verdicts += [("compression", *v) for v in bench_compression.targets(res)]
             elif section == "lvm":
                 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_lvm.py")
                 if not os.path.exists(path):

@@ -263,3 +263,49 @@ def test_metrics_textfile_keeps_the_last_success_through_a_failed_run(guest, pla
     assert metric(text, "vmbackup_last_success_timestamp_seconds", vm=vm) == done
     assert metric(text, "vmbackup_last_run_success", vm=vm, hypervisor="hv-local") == 0
     assert metric(text, "vmbackup_usable_backups", vm=vm) == 1
+
+
+def test_zstd_compressed_chain_restores_and_its_synthetic_full_stays_compressed(guest, playbook, tmp_path):
+    """vmbackup_compression=zstd: full and delta stored compressed (qcow2 zstd), restored equal."""
+    vm = "it-off4"
+    repo = str(tmp_path / "repo")
+    info = guest(vm, [{"target": "vda", "format": "qcow2", "size_mib": 64}], running=False)
+    vda = info.paths[0]
+    # Compressible data: a repeated pattern (text-like), 16 MiB, then 8 MiB more before the incremental.
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x61 1M 16M", vda], check=True, capture_output=True)
+    inv = playbook.inventory(local_inventory())
+    extra = {"vmbackup_vms": vm, "vmbackup_repository": repo, "vmbackup_compression": "zstd"}
+    playbook.run(BACKUP, inv, extra)
+    first = image_sha256(vda, "qcow2")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x62 30M 8M", chain_of(vm)["vda"]], check=True,
+                   capture_output=True)
+    second = image_sha256(chain_of(vm)["vda"], "qcow2")
+    playbook.run(BACKUP, inv, extra)
+    full, inc = manifests(repo, vm)
+    assert (full["type"], inc["type"]) == ("full", "incremental")
+    for m, data in ((full, 16 * MiB), (inc, 8 * MiB)):
+        disk = m["disks"][0]
+        assert disk["compression"] == "zstd"
+        assert disk["stored_bytes"] < data / 10, disk  # a pattern compresses far below its size
+        path = os.path.join(repo, vm, m["backup_id"], disk["file"])
+        qinfo = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True,
+                                          capture_output=True, text=True).stdout)
+        assert qinfo["format-specific"]["data"]["compression-type"] == "zstd"
+    # The delta still builds on the full (the backing name the repository expects).
+    assert inc["parent"] == full["backup_id"]
+    for m, state in ((full, first), (inc, second)):
+        name = "it-off4-r"
+        try:
+            playbook.run(RESTORE, inv, {"vmbackup_vm": vm, "vmbackup_backup": m["backup_id"],
+                                        "vmbackup_restore_name": name, "vmbackup_repository": repo})
+            assert image_sha256(chain_of(name)["vda"], "qcow2") == state
+        finally:
+            cleanup_vm(name)
+    # A synthetic full of the chain keeps its compression.
+    playbook.run("vmbackup.libvirt.prune", inv, {"vmbackup_repository": repo, "vmbackup_synthesize": True,
+                                                 "vmbackup_vms": vm, "vmbackup_backup": inc["backup_id"]})
+    synthetic = manifests(repo, vm)[-1]
+    assert synthetic["synthesized_from"] == inc["backup_id"] and synthetic["disks"][0]["compression"] == "zstd"
+    spath = os.path.join(repo, vm, synthetic["backup_id"], synthetic["disks"][0]["file"])
+    assert image_sha256(spath, "qcow2") == second
+    assert os.stat(spath).st_blocks * 512 < 24 * MiB / 10

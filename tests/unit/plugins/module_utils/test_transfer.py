@@ -200,13 +200,30 @@ def test_pull_full_commands_per_channel(bed, tmp_path, channel, streams, convert
     dest = _dest(tmp_path)
     result = _transfer.pull_full(runner, bed.hv(runner, channel), "/img/vm1.qcow2", "qcow2", dest)
     bed.assert_all_called()
-    assert result == {"mode": "full", "bytes_sent": 65536}  # this layer's data only
+    assert result == {"mode": "full", "bytes_sent": 65536, "compression": "none"}  # this layer's data only
     assert os.path.exists(dest) and not os.path.exists(dest + ".part")
     if streams:
         script, params, key, rest = bed.session()
         assert script == _nbd_export.NBD_SERVER and params["image"] == "/img/vm1.qcow2"
         assert "--read-only" in params["argv"] and params["tls"] == (channel == "tls")
         assert (len(key) == 64) == (channel == "tls") and rest == ["done\n"]
+
+
+ZSTD_OUT = ["-O", "qcow2", "-o", "compat=1.1,compression_type=zstd", "-c", "-m", "8", "-W"]
+
+
+def test_pull_full_compressed_writes_zstd_clusters(bed, tmp_path):
+    convert = CONVERT + ["-U", "-f", "qcow2"] + ZSTD_OUT + ["/img/vm1.qcow2", PART]
+    runner = bed.runner([{"command": convert, "writes": True}, {"command": MAP, "out": MAP_OUT}], [])
+    result = _transfer.pull_full(runner, bed.hv(runner, "local"), "/img/vm1.qcow2", "qcow2", _dest(tmp_path),
+                                 compression="zstd")
+    bed.assert_all_called()
+    assert result["compression"] == "zstd"
+
+
+def test_qcow2_output_refuses_an_unknown_compression():
+    with pytest.raises(VmbackupError, match="compression must be one of none, zstd, not 'lz4'"):
+        _transfer.qcow2_output("lz4")
 
 
 # --- pull_delta ---------------------------------------------------------------------------
@@ -234,7 +251,7 @@ def test_pull_delta_commands_per_channel(bed, tmp_path, channel, streams, copy, 
     dest = _dest(tmp_path)
     result = _transfer.pull_delta(runner, bed.hv(runner, channel), image, dest, str(tmp_path / "r" / "B1" / "vda.qcow2"))
     bed.assert_all_called()
-    assert result == {"mode": "delta", "bytes_sent": sent}
+    assert result == {"mode": "delta", "bytes_sent": sent, "compression": "none"}
     assert os.path.exists(dest)
 
 
@@ -426,3 +443,18 @@ def test_delta_progress_counts_the_bytes_streamed(bed, tmp_path, monkeypatch):
     _transfer.pull_delta(runner, bed.hv(runner, "ssh"), "/img/vm1.snap.qcow2", _dest(tmp_path),
                          str(tmp_path / "r" / "B1" / "vda.qcow2"), str(tmp_path / "progress.json"))
     assert [s["done"] for s in states] == [3004]
+
+
+def test_pull_delta_compressed_rewrites_the_delta_above_the_same_parent(bed, tmp_path):
+    packed = {"regex": r"/vda\.qcow2\.part\.z$"}
+    compress = CONVERT + ["-f", "qcow2"] + ZSTD_OUT + ["-B", "../B1/vda.qcow2", "-F", "qcow2", PART, packed]
+    runner = bed.runner([{"command": REBASE}, {"command": CHECK}, {"command": compress, "writes": True}], [])
+    image = str(tmp_path / "vm1.snap.qcow2")
+    with open(image, "wb") as fh:
+        fh.write(OVERLAY.encode("latin-1"))
+    dest = _dest(tmp_path)
+    result = _transfer.pull_delta(runner, bed.hv(runner, "local"), image, dest, str(tmp_path / "r" / "B1" / "vda.qcow2"),
+                                  compression="zstd")
+    bed.assert_all_called()
+    assert result == {"mode": "delta", "bytes_sent": 3004, "compression": "zstd"}
+    assert os.path.exists(dest) and not os.path.exists(dest + ".part.z")
