@@ -181,7 +181,7 @@ def main(argv=None):
         print(rep)
         print()
     if verdicts:
-        print("Targets (issues 3, 6 and 8):")
+        print("Targets:")
         print(B.table([[s, t, v, "info" if p is None else ("PASS" if p else "MISS")] for s, t, v, p in verdicts],
                       ["section", "target", "value", "result"]))
     for section, err in results["errors"].items():
@@ -206,7 +206,7 @@ def reprint(path):
         print()
         verdicts += [("rbd", *v) for v in bench_rbd.targets(results["rbd"])]
     if verdicts:
-        print("Targets (issues 3, 6 and 8):")
+        print("Targets:")
         print(B.table([[s, t, v, "info" if p is None else ("PASS" if p else "MISS")] for s, t, v, p in verdicts],
                       ["section", "target", "value", "result"]))
     for section, err in results.get("errors", {}).items():

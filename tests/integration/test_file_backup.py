@@ -303,7 +303,8 @@ def test_zstd_compressed_chain_restores_and_its_synthetic_full_stays_compressed(
             cleanup_vm(name)
     # A synthetic full of the chain keeps its compression.
     playbook.run("vmbackup.libvirt.prune", inv, {"vmbackup_repository": repo, "vmbackup_synthesize": True,
-                                                 "vmbackup_vms": vm, "vmbackup_backup": inc["backup_id"]})
+                                                 "vmbackup_keep_last": 10, "vmbackup_vms": vm,
+                                                 "vmbackup_backup": inc["backup_id"]})
     synthetic = manifests(repo, vm)[-1]
     assert synthetic["synthesized_from"] == inc["backup_id"] and synthetic["disks"][0]["compression"] == "zstd"
     spath = os.path.join(repo, vm, synthetic["backup_id"], synthetic["disks"][0]["file"])
