@@ -326,28 +326,38 @@ def run(module, handle_factory=_guestfs_handle):
             _check_dest(p["dest"], where)
         guest = GuestFiles(handle_factory(module), where)
         try:
-            result.update(guest.open([repo.image_path(vm, manifest["backup_id"], d) for d in disks],
-                                     p["guestfs_backend"], p["guestfs_settings"], p["filesystem"]))
-            if p["action"] == "extract":
-                result.update(_extract(module, guest, paths, p["dest"], p["force"]))
-            else:
-                entries, truncated = [], False
-                for path in paths:
-                    got, more = (guest.find(path, p["pattern"], p["max_entries"] - len(entries))
-                                 if p["action"] == "find" else
-                                 guest.list(path, p["recursive"], p["max_entries"] - len(entries)))
-                    entries += got
-                    truncated = truncated or more
-                    if len(entries) >= p["max_entries"]:
-                        truncated = truncated or path != paths[-1]
-                        break
-                result.update(entries=entries, truncated=truncated)
+            _read(module, guest, result, paths, disks, repo, vm, manifest["backup_id"])
+        except RuntimeError as exc:  # what the libguestfs bindings raise
+            raise VmbackupError("%s: libguestfs failed on host %s: %s. Nothing was written. If its appliance did "
+                                "not start, run libguestfs-test-tool there; a node that cannot use KVM needs "
+                                "guestfs_settings [force_tcg]." % (where, CommandRunner(module).host, exc))
         finally:
             _close(guest.g)
         return result
     finally:
         if lock.get("changed") and not module.check_mode:
             _lock.release(module, params)
+
+
+def _read(module, guest, result, paths, disks, repo, vm, backup_id):
+    """Open the backup's disks, then list, find or extract (into ``result``)."""
+    p = module.params
+    result.update(guest.open([repo.image_path(vm, backup_id, d) for d in disks],
+                             p["guestfs_backend"], p["guestfs_settings"], p["filesystem"]))
+    if p["action"] == "extract":
+        result.update(_extract(module, guest, paths, p["dest"], p["force"]))
+        return
+    entries, truncated = [], False
+    for path in paths:
+        room = p["max_entries"] - len(entries)
+        got, more = guest.find(path, p["pattern"], room) if p["action"] == "find" else \
+            guest.list(path, p["recursive"], room)
+        entries += got
+        truncated = truncated or more
+        if len(entries) >= p["max_entries"]:
+            truncated = truncated or path != paths[-1]
+            break
+    result.update(entries=entries, truncated=truncated)
 
 
 def _close(handle):

@@ -255,3 +255,50 @@ def test_open_mounts_what_inspection_found():
     assert [c for c in names if c[0] == "mount_ro"] == [("mount_ro", ("/dev/sda2", "/")),
                                                         ("mount_ro", ("/dev/sda1", "/boot"))]
     assert [c[2] for c in fake.calls if c[0] == "add_drive_opts"] == [{"readonly": True, "format": "qcow2"}]
+
+
+class RepoModule(TarModule):
+    """A stand-in for AnsibleModule around backup_files.run (check_mode, params, warn)."""
+
+    def __init__(self, params):
+        self.params = dict({k: v.get("default") for k, v in bf.ARGUMENT_SPEC.items()}, **params)
+
+    def warn(self, _msg):
+        pass
+
+
+def _repo_with_backup(tmp_path):
+    from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import Repository
+    repo = Repository(str(tmp_path / "repo"))
+    repo.ensure()
+    partial = repo.begin("web1", "20261206T010000Z")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(partial, "vda.qcow2"), "1M"], check=True)
+    repo.commit("web1", "20261206T010000Z", {"backup_id": "20261206T010000Z", "vm": "web1", "type": "full",
+                                              "status": "complete", "domain_xml": "domain.xml",
+                                              "disks": [{"target": "vda", "file": "vda.qcow2", "backend": "file"}]},
+                {"domain.xml": b"<domain/>"})
+    return repo
+
+
+def test_run_lists_under_a_readers_lock_and_turns_libguestfs_errors_into_clear_ones(tmp_path):
+    repo = _repo_with_backup(tmp_path)
+    seen = {}
+
+    def factory(_module):
+        fake = FakeGuestFS(TREE)
+        seen["readers"] = [n for n in os.listdir(os.path.join(repo.path, ".locks")) if ".shared-" in n]
+        return fake
+
+    module = RepoModule({"path": repo.path, "vm": "web1", "action": "list", "paths": ["/etc"]})
+    out = bf.run(module, factory)
+    assert out["backup_id"] == "20261206T010000Z" and [e["path"] for e in out["entries"]][0] == "/etc/app"
+    assert len(seen["readers"]) == 1  # held while reading
+    assert [n for n in os.listdir(os.path.join(repo.path, ".locks")) if ".shared-" in n] == []  # given back
+
+    class Broken(FakeGuestFS):
+        def launch(self):
+            raise RuntimeError("guestfs_launch failed, see earlier error messages")
+
+    with pytest.raises(VmbackupError, match="libguestfs failed on host .*guestfs_launch failed.*force_tcg"):
+        bf.run(module, lambda _m: Broken(TREE))
+    assert [n for n in os.listdir(os.path.join(repo.path, ".locks")) if ".shared-" in n] == []
