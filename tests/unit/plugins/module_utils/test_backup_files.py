@@ -273,10 +273,9 @@ def _repo_with_backup(tmp_path):
     repo.ensure()
     partial = repo.begin("web1", "20261206T010000Z")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(partial, "vda.qcow2"), "1M"], check=True)
-    repo.commit("web1", "20261206T010000Z", {"backup_id": "20261206T010000Z", "vm": "web1", "type": "full",
-                                              "status": "complete", "domain_xml": "domain.xml",
-                                              "disks": [{"target": "vda", "file": "vda.qcow2", "backend": "file"}]},
-                {"domain.xml": b"<domain/>"})
+    manifest = {"backup_id": "20261206T010000Z", "vm": "web1", "type": "full", "status": "complete",
+                "domain_xml": "domain.xml", "disks": [{"target": "vda", "file": "vda.qcow2", "backend": "file"}]}
+    repo.commit("web1", "20261206T010000Z", manifest, {"domain.xml": b"<domain/>"})
     return repo
 
 
