@@ -10,6 +10,7 @@ import re
 import subprocess
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import image_sha256, local_inventory, ssh_inventory
 
@@ -239,9 +240,13 @@ def test_metrics_textfile_keeps_the_last_success_through_a_failed_run(guest, pla
     first = manifests(repo, vm)[-1]
 
     def metric(text, name, **labels):
-        want = ",".join('%s="%s"' % kv for kv in sorted(dict(labels, repository=repo).items()))
-        found = re.findall(r"^%s\{%s\} (\S+)$" % (name, re.escape(want)), text, re.M)
-        return float(found[0]) if found else None
+        """The sample's value as Prometheus's own text-format parser reads the file."""
+        want = dict(labels, repository=repo)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == want:
+                    return sample.value
+        return None
 
     with open(prom) as fh:
         text = fh.read()
