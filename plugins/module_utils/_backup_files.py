@@ -28,7 +28,9 @@ import stat
 import tempfile
 
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._command import CommandRunner, VmbackupError
-from ansible_collections.vmbackup.libvirt.plugins.module_utils import _lock
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _files, _lock
+from ansible_collections.vmbackup.libvirt.plugins.module_utils import _rbd as rbdlib
+from ansible_collections.vmbackup.libvirt.plugins.module_utils._restore_plan import disk_chain_links
 from ansible_collections.vmbackup.libvirt.plugins.module_utils._repository import Repository
 
 ARGUMENT_SPEC = dict(
@@ -48,12 +50,14 @@ ARGUMENT_SPEC = dict(
     guestfs_backend=dict(type="str", default="direct"),
     guestfs_settings=dict(type="list", elements="str", default=[]),
     lock_wait=dict(type="int", default=0),
+    tmpdir=dict(type="path"),
 )
 
 REQUIRED_IF = [("action", "find", ["pattern"]), ("action", "extract", ["dest"])]
 
-# Stored formats libguestfs can open as a disk; RBD disks are stored as rbd export-diff streams.
-OPENABLE_FORMATS = ("qcow2",)
+# Stored forms that can be read: qcow2 images as they are; an RBD disk's rbd export-diff chain
+# is first applied into a sparse raw file on the node (tmpdir), which libguestfs then opens.
+OPENABLE_FORMATS = ("qcow2", "rbd")
 NOT_A_FILE_SYSTEM = ("swap", "unknown", "")
 
 
@@ -80,11 +84,12 @@ def openable_disks(manifest, wanted=None):
     opened, left_out = [], []
     for target in wanted or sorted(by_target):
         disk = by_target[target]
-        fmt = "qcow2" if disk.get("file", "").endswith(".qcow2") else disk.get("backend", "unknown")
+        name = disk.get("file", "")
+        fmt = "qcow2" if name.endswith(".qcow2") else "rbd" if name.endswith(".rbddiff") else "unknown"
         if fmt in OPENABLE_FORMATS:
             opened.append(disk)
         else:
-            why = "stored as %s (%s), which file-level restore cannot open yet; restore the disk instead"
+            why = "stored as %s (%s), which file-level restore cannot open; restore the disk instead"
             left_out.append({"target": target, "reason": why % (fmt, disk.get("file"))})
     if wanted and left_out:
         refused = "; ".join("disk %(target)s is %(reason)s" % d for d in left_out)
@@ -199,8 +204,8 @@ class GuestFiles:
         g.set_backend(backend)
         if settings:
             g.set_backend_settings(list(settings))
-        for path in images:
-            g.add_drive_opts(path, readonly=True, format="qcow2")
+        for path, fmt in images:
+            g.add_drive_opts(path, readonly=True, format=fmt)
         g.launch()
         roots = g.inspect_os()
         points = {r: g.inspect_get_mountpoints(r) for r in roots}
@@ -324,26 +329,61 @@ def run(module, handle_factory=_guestfs_handle):
                   "left_out": left_out}
         if p["action"] == "extract":
             _check_dest(p["dest"], where)
-        guest = GuestFiles(handle_factory(module), where)
+        scratch = []  # RBD chains applied into raw files, removed whatever happens
         try:
-            _read(module, guest, result, paths, disks, repo, vm, manifest["backup_id"])
-        except RuntimeError as exc:  # what the libguestfs bindings raise
-            raise VmbackupError("%s: libguestfs failed on host %s: %s. Nothing was written. If its appliance did "
-                                "not start, run libguestfs-test-tool there; a node that cannot use KVM needs "
-                                "guestfs_settings [force_tcg]." % (where, CommandRunner(module).host, exc))
+            images = disk_images(repo, vm, chain, disks, p["tmpdir"] or repo.path, scratch)
+            guest = GuestFiles(handle_factory(module), where)
+            try:
+                _read(module, guest, result, paths, images)
+            except RuntimeError as exc:  # what the libguestfs bindings raise
+                raise VmbackupError("%s: libguestfs failed on host %s: %s. Nothing was written. If its appliance "
+                                    "did not start, run libguestfs-test-tool there; a node that cannot use KVM "
+                                    "needs guestfs_settings [force_tcg]." % (where, CommandRunner(module).host, exc))
+            finally:
+                _close(guest.g)
         finally:
-            _close(guest.g)
+            for path in scratch:
+                _files.unlink_quietly(path)
         return result
     finally:
         if lock.get("changed") and not module.check_mode:
             _lock.release(module, params)
 
 
-def _read(module, guest, result, paths, disks, repo, vm, backup_id):
+def disk_images(repo, vm, chain, disks, tmpdir, scratch):
+    """[(path, format)] for libguestfs, one per disk: a qcow2 image as stored (its parents are
+    its backing chain), an RBD disk's diff chain (from its last full) applied into a sparse raw
+    file in ``tmpdir``, 0600 from creation on, whose path is added to ``scratch``."""
+    backup_id = chain[-1]["backup_id"]
+    out = []
+    for disk in disks:
+        if disk["file"].endswith(".qcow2"):
+            out.append((repo.image_path(vm, backup_id, disk), "qcow2"))
+            continue
+        paths = [repo.image_path(vm, link["backup_id"], d) for link, d in disk_chain_links(chain, disk["target"])]
+        infos = [rbdlib.scan_diff(path) for path in paths]
+        rbdlib.check_chain(infos, paths)
+        fd, tmp = tempfile.mkstemp(prefix=".vmbackup-files-", suffix=".raw", dir=tmpdir)
+        scratch.append(tmp)
+        try:
+            current = None
+            for path in paths:
+                with open(path, "rb") as src:
+                    current = rbdlib.apply_diff(src, fd, where=path, expect_from=current)["to_snap"]
+        except OSError as exc:
+            need = infos[-1]["size"] or 0
+            raise VmbackupError("applying the RBD backup of disk %s into %s failed: %s (it needs up to %d bytes "
+                                "free there; set tmpdir to another directory)" % (disk["target"], tmp, exc, need))
+        finally:
+            os.close(fd)
+        out.append((tmp, "raw"))
+    return out
+
+
+def _read(module, guest, result, paths, images):
     """Open the backup's disks, then list, find or extract (into ``result``)."""
     p = module.params
-    result.update(guest.open([repo.image_path(vm, backup_id, d) for d in disks],
-                             p["guestfs_backend"], p["guestfs_settings"], p["filesystem"]))
+    result.update(guest.open(images, p["guestfs_backend"], p["guestfs_settings"], p["filesystem"]))
     if p["action"] == "extract":
         result.update(_extract(module, guest, paths, p["dest"], p["force"]))
         return

@@ -27,16 +27,21 @@ TARGET_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 IMAGES_DIR = "/var/lib/libvirt/images"  # libvirt's default pool: where a disk with no folder of its own goes
 
 
-def disk_chain(chain, target):
-    """The images of one disk, from its last full backup up to the selected backup."""
+def disk_chain_links(chain, target):
+    """[(backup manifest, disk entry)] of one disk, from its last full backup up to the selected one."""
     links = []
     for link in chain:
         for d in link.get("disks", []):
             if d["target"] == target:
                 if d.get("mode") == "full":
                     links = []
-                links.append(d)
+                links.append((link, d))
     return links
+
+
+def disk_chain(chain, target):
+    """The images of one disk, from its last full backup up to the selected backup."""
+    return [d for _link, d in disk_chain_links(chain, target)]
 
 
 def target_path(disk, kind, fmt, name, renamed, directory):

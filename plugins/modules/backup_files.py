@@ -25,8 +25,9 @@ description:
     GNU tar into a staging directory beside the destination and moved into place when complete.
     Nothing already at the destination is overwritten unless O(force) - an identical copy is left as
     it is (a second run reports no change), a different one fails with nothing extracted.
-  - Disks stored as RBD diff streams cannot be opened file by file yet; they are left out (RV(left_out))
-    or, when named in O(disks), refused.
+  - An RBD disk (stored as a chain of C(rbd export-diff) streams) is read by applying its chain, from its
+    last full backup, into a sparse raw file in O(tmpdir) first (0600, removed when the module ends,
+    whatever happens); it needs up to the disk's allocated data there.
   - Needs libguestfs and its Python bindings on the backup node (Debian, Ubuntu - C(python3-guestfs)
     and C(libguestfs-tools); Fedora, RHEL - C(python3-libguestfs)). Launching the appliance takes
     a few seconds with KVM, and 15 to 60 seconds where it must be emulated (O(guestfs_settings)).
@@ -127,6 +128,11 @@ options:
     description: Seconds to wait for the VM's lock in the repository (a prune or synthetic full holding it).
     type: int
     default: 0
+  tmpdir:
+    description:
+      - Where an RBD disk's chain is applied into a temporary raw file on the backup node. Default the repository
+        directory (private, root only).
+    type: path
 notes:
   - A backup read file by file is read as stored. Run M(vmbackup.libvirt.backup_verify) (or the verify
     playbook) to check its checksums first when in doubt; backups marked damaged are refused.

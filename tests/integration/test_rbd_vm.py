@@ -153,3 +153,60 @@ def test_running_vm_with_file_and_rbd_disks(ceph, sshd, playbook, tmp_path):
         for path in glob.glob("/var/lib/libvirt/images/it-rbdvm*"):
             os.unlink(path)
         domains.virsh("secret-undefine", secret_uuid, check=False)
+
+
+def _purge(spec):
+    for args in (("snap", "purge", spec), ("rm", spec)):
+        subprocess.run(["rbd", "-c", CONF, "--id", "admin", "--keyring", ADMIN_KEYRING, *args],
+                       capture_output=True, check=False)
+
+
+def test_files_of_an_rbd_disk_restore_from_its_chain(ceph, playbook, tmp_path):
+    """File-level restore of an RBD disk: its rbd diff chain (full, incremental) applied into a raw
+    file on the node, read by libguestfs; what each backup held comes back with its mode."""
+    vm, image = "it-rbdfiles", "rbd/it-rbdfiles-vda"
+    repo = str(tmp_path / "repo")
+    remove_vm(vm)
+    _purge(image)
+    tree = tmp_path / "tree"
+    (tmp_path / "tree" / "etc").mkdir(parents=True)
+    (tree / "etc" / "app.conf").write_text("version=1\n")
+    os.chmod(tree / "etc" / "app.conf", 0o640)
+    raw = str(tmp_path / "fs.raw")
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), raw, "32M"], check=True, capture_output=True)
+    rbd("import", raw, image)
+    xml = """<domain type='kvm'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+      <os><type arch='x86_64'>hvm</type></os><devices>
+        <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+          <source protocol='rbd' name='%s'><host name='127.0.0.1' port='6789'/></source>
+          <target dev='vda' bus='virtio'/></disk></devices></domain>""" % (vm, image)
+    domains.virsh("define", "/dev/stdin", input_text=xml)
+    try:
+        inv = playbook.inventory(local_inventory())
+        extra = dict(CEPH_VARS, vmbackup_vms=vm, vmbackup_repository=repo)
+        playbook.run("vmbackup.libvirt.backup", inv, extra)
+        # The second backup's version of the file: written into the image (the VM is off).
+        (tree / "etc" / "app.conf").write_text("version=2, longer\n")
+        os.chmod(tree / "etc" / "app.conf", 0o600)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), raw, "32M"], check=True, capture_output=True)
+        target = "rbd:%s:conf=%s:id=admin:keyring=%s" % (image, CONF, ADMIN_KEYRING)
+        subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", raw, target], check=True,
+                       capture_output=True)
+        playbook.run("vmbackup.libvirt.backup", inv, extra)
+        ids = sorted(os.path.basename(os.path.dirname(m))
+                     for m in glob.glob(os.path.join(repo, vm, "*", "manifest.json")))
+        with open(os.path.join(repo, vm, ids[1], "manifest.json")) as fh:
+            assert json.load(fh)["disks"][0]["mode"] == "incremental"
+        for bid, content, mode in ((ids[0], "version=1\n", 0o640), (ids[1], "version=2, longer\n", 0o600)):
+            dest = tmp_path / ("out-" + bid)
+            dest.mkdir()
+            playbook.run("vmbackup.libvirt.restore_files", inv, {
+                "vmbackup_vm": vm, "vmbackup_repository": repo, "vmbackup_backup": bid,
+                "vmbackup_files_action": "extract", "vmbackup_files_paths": "/etc/app.conf",
+                "vmbackup_files_dest": str(dest), "vmbackup_guestfs_settings": ["force_tcg"]})
+            assert (dest / "app.conf").read_text() == content
+            assert os.stat(dest / "app.conf").st_mode & 0o777 == mode
+        assert not glob.glob(os.path.join(repo, ".vmbackup-files-*"))  # the raw scratch files are gone
+    finally:
+        remove_vm(vm)
+        _purge(image)

@@ -21,6 +21,7 @@ MANIFEST = {"backup_id": "20261206T010000Z", "vm": "web1", "disks": [
     {"target": "vda", "backend": "file", "file": "vda.qcow2"},
     {"target": "vdb", "backend": "block", "file": "vdb.qcow2"},
     {"target": "vdc", "backend": "rbd", "file": "vdc.rbddiff"},
+    {"target": "vdd", "backend": "file", "file": "vdd.img.gz"},  # a form nothing reads file by file
 ]}
 
 
@@ -39,11 +40,12 @@ def test_guest_path_refuses(path):
 
 
 @pytest.mark.parametrize("wanted, opened, left_out, error", [
-    (None, ["vda", "vdb"], ["vdc"], None),
+    (None, ["vda", "vdb", "vdc"], ["vdd"], None),
     (["vdb"], ["vdb"], [], None),
-    (["vdc"], None, None, "disk vdc is stored as rbd"),
-    (["vdz"], None, None, "has no disk vdz (it has vda, vdb, vdc)"),
-], ids=["all_openable", "one_named", "rbd_named", "missing_named"])
+    (["vdc"], ["vdc"], [], None),  # an RBD diff chain is applied into a raw file first
+    (["vdd"], None, None, "disk vdd is stored as unknown"),
+    (["vdz"], None, None, "has no disk vdz (it has vda, vdb, vdc, vdd)"),
+], ids=["all_openable", "one_named", "rbd_named", "unknown_named", "missing_named"])
 def test_openable_disks(wanted, opened, left_out, error):
     if error:
         with pytest.raises(VmbackupError, match=error.replace("(", r"\(").replace(")", r"\)")):
@@ -55,9 +57,9 @@ def test_openable_disks(wanted, opened, left_out, error):
 
 
 def test_openable_disks_none_left():
-    only_rbd = dict(MANIFEST, disks=[MANIFEST["disks"][2]])
+    only_unknown = dict(MANIFEST, disks=[MANIFEST["disks"][3]])
     with pytest.raises(VmbackupError, match="no disk that file-level restore can open"):
-        bf.openable_disks(only_rbd)
+        bf.openable_disks(only_unknown)
 
 
 @pytest.mark.parametrize("roots, points, fss, chosen, plan, error", [
@@ -247,7 +249,7 @@ def test_extract_refuses_two_paths_with_one_name(tmp_path):
 def test_open_mounts_what_inspection_found():
     fake = FakeGuestFS(TREE, roots=["/dev/sda2"])
     fake.inspect_get_mountpoints = lambda root: {"/": "/dev/sda2", "/boot": "/dev/sda1"}
-    got = bf.GuestFiles(fake, "w").open(["/r/vda.qcow2"], "direct", ["force_tcg"])
+    got = bf.GuestFiles(fake, "w").open([("/r/vda.qcow2", "qcow2")], "direct", ["force_tcg"])
     assert got == {"mounted": {"/": "/dev/sda2", "/boot": "/dev/sda1"}, "found_by": "inspection (/dev/sda2)"}
     names = [(c[0], c[1]) for c in fake.calls]
     assert ("set_backend_settings", (["force_tcg"],)) in names
@@ -301,3 +303,35 @@ def test_run_lists_under_a_readers_lock_and_turns_libguestfs_errors_into_clear_o
     with pytest.raises(VmbackupError, match="libguestfs failed on host .*guestfs_launch failed.*force_tcg"):
         bf.run(module, lambda _m: Broken(TREE))
     assert [n for n in os.listdir(os.path.join(repo.path, ".locks")) if ".shared-" in n] == []
+
+
+def test_disk_images_applies_an_rbd_chain_from_its_last_full_into_a_private_raw_file(tmp_path):
+    from test_rbd import diff, rec_w  # the hand-built rbd diff v1 streams of test_rbd.py
+
+    class Repo:
+        def image_path(self, _vm, backup_id, disk):
+            return str(tmp_path / backup_id / disk["file"])
+
+    streams = {"B1": diff("vmbackup-B1", 8192, [rec_w(0, b"old!")]),  # an older chain: never read
+               "B2": diff("vmbackup-B2", 8192, [rec_w(0, b"full")]),
+               "B3": diff("vmbackup-B3", 8192, [rec_w(4096, b"incr")], from_snap="vmbackup-B2")}
+    for bid, data in streams.items():
+        (tmp_path / bid).mkdir()
+        (tmp_path / bid / "vdb.rbddiff").write_bytes(data)
+    chain = [{"backup_id": bid, "disks": [{"target": "vdb", "file": "vdb.rbddiff", "mode": mode}]}
+             for bid, mode in (("B1", "full"), ("B2", "full"), ("B3", "incremental"))]
+    chain[-1]["disks"].append({"target": "vda", "file": "vda.qcow2", "mode": "delta"})
+    scratch = []
+    images = bf.disk_images(Repo(), "web1", chain, chain[-1]["disks"][::-1], str(tmp_path), scratch)
+    assert images[0] == (str(tmp_path / "B3" / "vda.qcow2"), "qcow2")
+    path, fmt = images[1]
+    assert fmt == "raw" and scratch == [path] and os.path.dirname(path) == str(tmp_path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with open(path, "rb") as fh:
+        data = fh.read()
+    assert len(data) == 8192 and data[:4] == b"full" and data[4096:4100] == b"incr"
+
+    # a broken chain is refused before anything is written
+    (tmp_path / "B3" / "vdb.rbddiff").write_bytes(diff("vmbackup-B3", 8192, [], from_snap="vmbackup-B9"))
+    with pytest.raises(VmbackupError, match="the chain is broken"):
+        bf.disk_images(Repo(), "web1", chain, chain[-1]["disks"][:1], str(tmp_path), [])
