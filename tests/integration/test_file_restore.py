@@ -156,6 +156,14 @@ def test_fetch_to_the_controller(backed_up):
                  "vmbackup_files_dest": str(dest), "vmbackup_files_fetch_to": str(fetched)})
     assert _local_view(fetched / "app", "new.conf") == ctx["views"][1]["etc/app/new.conf"]
     assert sorted(os.listdir(fetched)) == ["app"] and sorted(os.listdir(dest)) == ["app"]  # archives removed
+    # Again, with the user's own files there: nothing on the controller is replaced.
+    (fetched / "app" / "new.conf").write_text("the user's own\n")
+    dest2 = ctx["wd"] / "node-dest-2"
+    dest2.mkdir()
+    refused = _files(ctx, {"vmbackup_files_action": "extract", "vmbackup_files_paths": "/etc/app",
+                           "vmbackup_files_dest": str(dest2), "vmbackup_files_fetch_to": str(fetched)}, expect_rc=2)
+    assert "already exist on the controller; nothing was fetched" in refused.output
+    assert (fetched / "app" / "new.conf").read_text() == "the user's own\n" and os.listdir(fetched) == ["app"]
 
 
 def test_bad_input_fails_clearly(backed_up):
