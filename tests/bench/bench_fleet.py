@@ -22,8 +22,9 @@ import tempfile
 import textwrap
 import time
 
+import bench_file
 import benchlib as B
-from benchlib import log
+from benchlib import MiB, log
 
 HYPERVISORS = {"hv1": "127.0.0.11", "hv2": "127.0.0.12"}
 VMS_PER_HYPERVISOR = 4
@@ -55,14 +56,10 @@ def _inventory(path, doms):
 
 def _write_all(names, mib, round_no):
     """Each guest writes ``mib`` MiB of random data (real guest I/O, O_DIRECT) in 4 places."""
-    import domains
-    piece = max(1, mib // 4)
+    piece = max(1, mib // 4) * MiB
     t = time.monotonic()
     for name in names:
-        script = "; ".join(
-            "dd if=/dev/urandom of=/dev/vda bs=1M count=%d seek=%d oflag=direct conv=notrunc status=none || exit 1"
-            % (piece, (k * 4 + round_no) * piece) for k in range(4)) + "; sync"
-        domains.guest_exec(name, ["/bin/sh", "-c", script], timeout=600, check=True)
+        bench_file.guest_writes(name, [(k * 4 + round_no) * piece for k in range(4)], piece)
     return time.monotonic() - t
 
 

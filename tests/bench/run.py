@@ -29,6 +29,8 @@ import benchlib as B  # noqa: E402
 from benchlib import log  # noqa: E402
 
 SECTIONS = ("file", "rbd", "lvm", "parallel", "channel", "fleet", "compression")
+# The sections whose module has run_section(opts, results), report(res) and targets(res).
+UNIFORM = ("file", "rbd", "parallel", "channel", "fleet", "compression")
 
 
 def parse(argv):
@@ -108,36 +110,11 @@ def main(argv=None):
     for section in opts.chosen:
         st = time.monotonic()
         try:
-            if section == "file":
-                import bench_file
-                res = bench_file.run_section(opts, results)
-                reports.append(bench_file.report(res))
-                verdicts += [("file", *v) for v in bench_file.targets(res)]
-            elif section == "rbd":
-                import bench_rbd
-                res = bench_rbd.run_section(opts, results)
-                reports.append(bench_rbd.report(res))
-                verdicts += [("rbd", *v) for v in bench_rbd.targets(res)]
-            elif section == "channel":
-                import bench_channel
-                res = bench_channel.run_section(opts, results)
-                reports.append(bench_channel.report(res))
-                verdicts += [("channel", *v) for v in bench_channel.targets(res)]
-            elif section == "parallel":
-                import bench_parallel
-                res = bench_parallel.run_section(opts, results)
-                reports.append(bench_parallel.report(res))
-                verdicts += [("parallel", *v) for v in bench_parallel.targets(res)]
-            elif section == "fleet":
-                import bench_fleet
-                res = bench_fleet.run_section(opts, results)
-                reports.append(bench_fleet.report(res))
-                verdicts += [("fleet", *v) for v in bench_fleet.targets(res)]
-            elif section == "compression":
-                import bench_compression
-                res = bench_compression.run_section(opts, results)
-                reports.append(bench_compression.report(res))
-                verdicts += [("compression", *v) for v in bench_compression.targets(res)]
+            if section in UNIFORM:  # bench_SECTION.py: run_section, report, targets
+                mod = importlib.import_module("bench_" + section)
+                res = mod.run_section(opts, results)
+                reports.append(mod.report(res))
+                verdicts += [(section, *v) for v in mod.targets(res)]
             elif section == "lvm":
                 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_lvm.py")
                 if not os.path.exists(path):
